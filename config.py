@@ -1,0 +1,236 @@
+"""Configuration: the notebook's values as plain data, YAML files and --set overrides on top, checked at start.
+
+A config file only needs the keys it changes; every other key keeps the default below, which is what
+config.yaml spells out with comments. Anything the user got wrong (unknown key, wrong type, impossible value,
+a YAML syntax error) is a UserError: the scripts print it as one line and exit with status 2.
+"""
+import copy
+import functools
+import math
+import sys
+
+import yaml
+
+DEFAULTS = {
+    "data": {
+        "path": "data/fer2013.csv",
+        "protocol": "seed",
+        "validation_split": 0.2,
+        "limit": None,
+        "synthetic": None,
+    },
+    "model": {
+        "filters": [64, 128, 256, 512],
+        "dense": [512, 256, 128, 64],
+        "l2": 0.01,
+        "dropout": 0.5,
+    },
+    "train": {
+        "epochs": 100,
+        "batch_size": 64,
+        "learning_rate": 0.001,
+        "shuffle": True,
+        "seed": None,
+    },
+    "callbacks": {
+        "reduce_lr": {"monitor": "val_loss", "factor": 0.9, "patience": 3},
+        "early_stopping": {"enabled": False, "monitor": "val_acc", "min_delta": 0.0, "patience": 6},
+        "checkpoint": {"monitor": "val_loss", "save_best_only": True},
+    },
+    "output": {"dir": "runs", "name": None, "tensorboard": False},
+}
+
+# Keys whose default is null, and what they take when set.
+NULLABLE = {
+    "data.limit": int,
+    "data.synthetic": int,
+    "train.seed": int,
+    "output.name": str,
+}
+
+PROTOCOLS = ("seed", "standard")
+# The notebook (Keras 2) spelled accuracy "acc"; Keras 3 calls it "accuracy".
+MONITORS = {"loss": "loss", "val_loss": "val_loss", "accuracy": "accuracy", "val_accuracy": "val_accuracy",
+            "acc": "accuracy", "val_acc": "val_accuracy"}
+
+
+class UserError(Exception):
+    """Something the user supplied is wrong (file, config, checkpoint): reported in one line, exit status 2."""
+
+
+def exit_on_user_error(main):
+    """Run a script's main so that a UserError prints one line (no traceback) and exits with status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+def monitor_name(monitor):
+    """The Keras 3 log key for a configured monitor (val_acc -> val_accuracy)."""
+    return MONITORS[monitor]
+
+
+def monitor_mode(monitor):
+    return "min" if monitor_name(monitor).endswith("loss") else "max"
+
+
+def load_config(path=None, overrides=()):
+    """DEFAULTS, then the YAML file at `path` (if any), then `key=value` overrides; validated."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        merge(config, read_yaml(path), source=str(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_key(config, key, value, source="--set")
+    validate(config)
+    return config
+
+
+def read_yaml(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UserError(f"config file {path} not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+        raise UserError(f"config file {path} cannot be read: {error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected sections such as 'data:' and 'train:', found a {type(data).__name__}")
+    return data
+
+
+def merge(config, updates, source, prefix=""):
+    for key, value in updates.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in config:
+            raise UserError(f"{source}: unknown {'section' if not prefix else 'key'} '{dotted}'")
+        if isinstance(config[key], dict):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: '{dotted}' is a section and needs keys below it, got {value!r}")
+            merge(config[key], value, source, prefix=f"{dotted}.")
+        else:
+            config[key] = value
+
+
+def parse_override(item):
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def set_key(config, dotted, value, source):
+    *sections, leaf = dotted.split(".")
+    node = config
+    for depth, section in enumerate(sections):
+        if not isinstance(node.get(section), dict):
+            raise UserError(f"{source}: unknown {'section' if depth == 0 else 'key'} '{'.'.join(sections[:depth + 1])}'")
+        node = node[section]
+    if leaf not in node:
+        raise UserError(f"{source}: unknown key '{dotted}'")
+    if isinstance(node[leaf], dict):
+        raise UserError(f"{source}: '{dotted}' is a section; set one of its keys, e.g. {dotted}.{next(iter(node[leaf]))}=...")
+    node[leaf] = value
+
+
+def get_key(config, dotted):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def flatten(config, prefix=""):
+    """{'train.epochs': 100, ...}: every leaf key with its dotted name."""
+    items = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            items.update(flatten(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def _type_name(kind):
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}[kind]
+
+
+def check_type(key, value, kind):
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise UserError(f"config: '{key}' must be {_type_name(kind)}, got {value!r}")
+
+
+def validate(config):
+    """Types from DEFAULTS (or NULLABLE), then the values that cannot work."""
+    defaults = flatten(DEFAULTS)
+    for key, value in flatten(config).items():
+        default = defaults[key]
+        if key in NULLABLE:
+            if value is not None:
+                check_type(key, value, NULLABLE[key])
+        else:
+            check_type(key, value, type(default))
+            if isinstance(default, list):
+                for item in value:
+                    if not isinstance(item, int) or isinstance(item, bool) or item <= 0:
+                        raise UserError(f"config: '{key}' must be a list of positive integers, got {value!r}")
+
+    def require(ok, key, what):
+        if not ok:
+            raise UserError(f"config: '{key}' {what}, got {get_key(config, key)!r}")
+
+    require(config["data"]["protocol"] in PROTOCOLS, "data.protocol", f"must be one of {', '.join(PROTOCOLS)}")
+    require(0 < config["data"]["validation_split"] < 1, "data.validation_split", "must be between 0 and 1 (exclusive)")
+    for key in ("data.limit", "data.synthetic"):
+        value = get_key(config, key)
+        require(value is None or value > 0, key, "must be a positive integer or null")
+    require(len(config["model"]["filters"]) >= 1, "model.filters", "needs at least one entry")
+    require(config["model"]["l2"] >= 0, "model.l2", "must be >= 0")
+    require(0 <= config["model"]["dropout"] < 1, "model.dropout", "must be in [0, 1)")
+    require(config["train"]["epochs"] > 0, "train.epochs", "must be > 0")
+    require(config["train"]["batch_size"] > 0, "train.batch_size", "must be > 0")
+    require(config["train"]["learning_rate"] > 0 and math.isfinite(config["train"]["learning_rate"]),
+            "train.learning_rate", "must be > 0")
+    for name in ("reduce_lr", "early_stopping", "checkpoint"):
+        key = f"callbacks.{name}.monitor"
+        require(get_key(config, key) in MONITORS, key, f"must be one of {', '.join(MONITORS)}")
+    for name in ("reduce_lr", "early_stopping"):
+        key = f"callbacks.{name}.patience"
+        require(get_key(config, key) >= 0, key, "must be >= 0")
+    require(0 < config["callbacks"]["reduce_lr"]["factor"] < 1, "callbacks.reduce_lr.factor", "must be between 0 and 1")
+    require(config["callbacks"]["early_stopping"]["min_delta"] >= 0, "callbacks.early_stopping.min_delta", "must be >= 0")
+    require(config["output"]["dir"].strip() != "", "output.dir", "must not be empty")
+    name = config["output"]["name"]
+    require(name is None or (name.strip() not in ("", ".", "..") and "/" not in name and "\\" not in name),
+            "output.name", "must be a plain folder name")
+    return config
+
+
+def dump(config):
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)

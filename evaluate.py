@@ -1,0 +1,183 @@
+"""Score a checkpoint on a FER2013 split as the notebook did: argmax of predict against the true labels.
+
+    python evaluate.py --checkpoint RUN/best.keras [--data PATH] [--split PrivateTest|PublicTest] [--out DIR]
+    python evaluate.py --checkpoint RUN/model.json [--weights RUN/model.weights.h5]
+
+Prints the accuracy and a per-class report, and writes metrics.json and confusion_matrix.png beside the
+checkpoint (or in --out). For a checkpoint not named best.keras the files carry its name
+(metrics-last.json, confusion_matrix-last.png) so that evaluations of one run never overwrite each other.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from config import UserError, exit_on_user_error, load_config
+import data
+
+import keras
+
+
+def load_checkpoint(path, weights=None):
+    """A model from a .keras file, or from a model.json plus its weights file."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} not found")
+    if path.endswith(".json"):
+        weights = weights or os.path.join(os.path.dirname(path), "model.weights.h5")
+        if not os.path.isfile(weights):
+            raise UserError(f"weights file {weights} not found (give it with --weights)")
+        try:
+            with open(path, encoding="utf-8") as f:
+                model = keras.models.model_from_json(f.read())
+            model.load_weights(weights)
+        except Exception as error:  # Keras raises many types for a foreign file
+            raise UserError(f"{path} + {weights}: cannot be loaded as a Keras model: {_first_line(error)}") from None
+    else:
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as error:
+            raise UserError(f"{path}: not a loadable Keras model file: {_first_line(error)}") from None
+    check_shapes(model, path)
+    return model
+
+
+def check_shapes(model, path):
+    """The model must take 48x48x1 faces and give 7 class probabilities."""
+    input_shape, output_shape = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
+    if input_shape != data.IMAGE_SHAPE:
+        raise UserError(f"{path}: the model takes inputs of shape {input_shape}, expected {data.IMAGE_SHAPE} (48x48 grayscale)")
+    if output_shape != (len(data.EMOTIONS),):
+        raise UserError(f"{path}: the model outputs shape {output_shape}, expected ({len(data.EMOTIONS)},) (7 emotions)")
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return text[0] if text else error.__class__.__name__
+
+
+def predict_probabilities(model, images, batch_size=256):
+    """Class probabilities (N, 7) for uint8 images (N, 48, 48), fed as the notebook did (/ 255)."""
+    outputs = [model.predict_on_batch(data.to_float(images[i:i + batch_size]))
+               for i in range(0, len(images), batch_size)]
+    return np.concatenate([keras.ops.convert_to_numpy(output) for output in outputs]).astype(np.float32)
+
+
+def evaluate_model(model, faces, split="PrivateTest", batch_size=256):
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of `model` on `faces`."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    probabilities = predict_probabilities(model, faces.images, batch_size)
+    predicted = probabilities.argmax(axis=1)
+    truth = faces.labels.astype(np.int64)
+    classes = list(range(len(data.EMOTIONS)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=classes, zero_division=0)
+    return {
+        "split": split,
+        "n": int(len(truth)),
+        "accuracy": float(np.mean(predicted == truth)),
+        "macro_f1": float(np.mean(f1)),
+        "classes": list(data.EMOTIONS),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(data.EMOTIONS)},
+        "confusion_matrix": confusion_matrix(truth, predicted, labels=classes).tolist(),
+    }
+
+
+def report_names(checkpoint):
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    suffix = "" if stem == "best" else f"-{stem}"
+    return f"metrics{suffix}.json", f"confusion_matrix{suffix}.png"
+
+
+def write_report(metrics, out_dir, checkpoint):
+    """metrics.json and confusion_matrix.png (names as report_names) in out_dir; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_name, png_name = report_names(checkpoint)
+    json_path, png_path = os.path.join(out_dir, json_name), os.path.join(out_dir, png_name)
+    _atomic_write_text(json_path, json.dumps(metrics, indent=2) + "\n")
+    plot_confusion_matrix(metrics, png_path)
+    return json_path, png_path
+
+
+def _atomic_write_text(path, text):
+    temporary = f"{path}.part"
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+def plot_confusion_matrix(metrics, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.array(metrics["confusion_matrix"])
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axes = plt.subplots(figsize=(7, 6))
+    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(counts)):
+        for j in range(len(counts)):
+            axes.text(j, i, f"{counts[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                      color="white" if rates[i, j] > 0.5 else "black")
+    axes.set_xticks(range(len(counts)), metrics["classes"], rotation=45, ha="right")
+    axes.set_yticks(range(len(counts)), metrics["classes"])
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"{metrics['split']}: accuracy {metrics['accuracy']:.4f} ({metrics['n']} images)")
+    figure.tight_layout()
+    temporary = f"{path}.part.png"
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def print_report(metrics):
+    print(f"{metrics['split']} accuracy: {metrics['accuracy']:.4f} ({metrics['n']} images)")
+    print(f"{'':>10} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+    for name, row in metrics["per_class"].items():
+        print(f"{name:>10} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
+
+
+def load_split(path, split, limit=None):
+    faces = data.limit_rows(data.read_faces(path), limit)
+    selected = faces.select(faces.usage == data.USAGES.index(split))
+    if len(selected) == 0:
+        raise UserError(f"{path}: no {split} rows")
+    return selected
+
+
+def data_for(checkpoint, data_path):
+    """The data to score on: --data, else the run's own (config.yaml beside the checkpoint), else the default."""
+    if data_path:
+        return data_path, None
+    run_config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yaml")
+    config = load_config(run_config if os.path.isfile(run_config) else None)
+    return config["data"]["path"], config["data"]["limit"]
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a .keras file, or a model.json (with --weights)")
+    parser.add_argument("--weights", help="weights for a model.json (default: model.weights.h5 beside it)")
+    parser.add_argument("--data", help="fer2013.csv or image folder (default: the run's data.path)")
+    parser.add_argument("--split", default="PrivateTest", choices=data.USAGES, help="default: PrivateTest")
+    parser.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: beside the checkpoint)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args(argv)
+    data_path, limit = data_for(args.checkpoint, args.data)
+    faces = load_split(data_path, args.split, limit)
+    model = load_checkpoint(args.checkpoint, args.weights)
+    metrics = evaluate_model(model, faces, args.split, args.batch_size)
+    metrics = {"checkpoint": args.checkpoint, "data": data_path, **metrics}
+    print_report(metrics)
+    for path in write_report(metrics, args.out or os.path.dirname(os.path.abspath(args.checkpoint)), args.checkpoint):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
