@@ -4,10 +4,13 @@ A config file only needs the keys it changes; every other key keeps the default 
 config.yaml spells out with comments. Anything the user got wrong (unknown key, wrong type, impossible value,
 a YAML syntax error) is a UserError: the scripts print it as one line and exit with status 2.
 """
+import contextlib
 import copy
 import functools
 import math
+import os
 import sys
+import tempfile
 
 import yaml
 
@@ -70,6 +73,29 @@ def exit_on_user_error(main):
             sys.exit(2)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def native_stderr_held():
+    """Hold back what native code writes to stderr inside the block, replaying it only if the block fails.
+
+    TensorFlow 2.21 prints C++ log lines at import time that no setting silences (TF_CPP_MIN_LOG_LEVEL
+    included); around `import keras` this keeps a user's one-line error one line.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def monitor_name(monitor):
@@ -175,6 +201,16 @@ def _type_name(kind):
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}[kind]
 
 
+def coerce(value, kind):
+    """PyYAML (YAML 1.1) reads 1e-4 as a string; a number-typed key takes it as the number it spells."""
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def check_type(key, value, kind):
     if kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -190,16 +226,15 @@ def validate(config):
     """Types from DEFAULTS (or NULLABLE), then the values that cannot work."""
     defaults = flatten(DEFAULTS)
     for key, value in flatten(config).items():
-        default = defaults[key]
-        if key in NULLABLE:
-            if value is not None:
-                check_type(key, value, NULLABLE[key])
-        else:
-            check_type(key, value, type(default))
-            if isinstance(default, list):
-                for item in value:
-                    if not isinstance(item, int) or isinstance(item, bool) or item <= 0:
-                        raise UserError(f"config: '{key}' must be a list of positive integers, got {value!r}")
+        kind = NULLABLE.get(key, type(defaults[key]))
+        value = coerce(value, kind)
+        set_key(config, key, value, source="config")
+        if value is None and key in NULLABLE:
+            continue
+        check_type(key, value, kind)
+        if kind is list and not all(isinstance(item, int) and not isinstance(item, bool) and item > 0
+                                    for item in value):
+            raise UserError(f"config: '{key}' must be a list of positive integers, got {value!r}")
 
     def require(ok, key, what):
         if not ok:

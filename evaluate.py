@@ -14,10 +14,11 @@ import sys
 
 import numpy as np
 
-from config import UserError, exit_on_user_error, load_config
+from config import UserError, exit_on_user_error, load_config, native_stderr_held
 import data
 
-import keras
+with native_stderr_held():
+    import keras
 
 
 def load_checkpoint(path, weights=None):
@@ -168,9 +169,9 @@ def main(argv=None):
     parser.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: beside the checkpoint)")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
+    model = load_checkpoint(args.checkpoint, args.weights)
     data_path, limit = data_for(args.checkpoint, args.data)
     faces = load_split(data_path, args.split, limit)
-    model = load_checkpoint(args.checkpoint, args.weights)
     metrics = evaluate_model(model, faces, args.split, args.batch_size)
     metrics = {"checkpoint": args.checkpoint, "data": data_path, **metrics}
     print_report(metrics)

@@ -8,10 +8,11 @@ Dense(7, softmax). `model.filters` and `model.dense` change the widths (the demo
 """
 import sys
 
-from config import DEFAULTS
+from config import DEFAULTS, native_stderr_held
 import data
 
-import keras
+with native_stderr_held():
+    import keras
 
 INPUT_SHAPE = data.IMAGE_SHAPE
 CLASSES = len(data.EMOTIONS)

@@ -14,12 +14,13 @@ import time
 
 import numpy as np
 
-from config import UserError, dump, exit_on_user_error, load_config, monitor_mode, monitor_name
+from config import UserError, dump, exit_on_user_error, load_config, monitor_mode, monitor_name, native_stderr_held
 import data
 import evaluate
 from model import build_model
 
-import keras
+with native_stderr_held():
+    import keras
 
 
 class Batches(keras.utils.PyDataset):

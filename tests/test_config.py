@@ -1,0 +1,102 @@
+import pytest
+
+from config import DEFAULTS, UserError, flatten, load_config, monitor_mode, monitor_name
+from conftest import ROOT, assert_user_error, run_script
+
+
+def test_config_yaml_spells_out_every_default_with_a_comment():
+    assert load_config(ROOT / "config.yaml") == DEFAULTS
+    lines = [line for line in (ROOT / "config.yaml").read_text().splitlines() if line.strip()]
+    keys = [line for line in lines if not line.lstrip().startswith("#") and line.split("#")[0].rstrip().endswith(":") is False]
+    assert len(keys) == len(flatten(DEFAULTS))
+    for line in keys:
+        assert "#" in line, f"no comment on: {line}"
+
+
+def test_the_notebooks_values():
+    config = load_config(ROOT / "config.yaml")
+    assert config["train"] == {"epochs": 100, "batch_size": 64, "learning_rate": 0.001, "shuffle": True, "seed": None}
+    assert config["data"]["protocol"] == "seed" and config["data"]["validation_split"] == 0.2
+    assert config["model"]["l2"] == 0.01 and config["model"]["dropout"] == 0.5
+    assert config["callbacks"]["reduce_lr"] == {"monitor": "val_loss", "factor": 0.9, "patience": 3}
+    assert config["callbacks"]["early_stopping"] == {"enabled": False, "monitor": "val_acc", "min_delta": 0.0,
+                                                     "patience": 6}
+    assert config["callbacks"]["checkpoint"] == {"monitor": "val_loss", "save_best_only": True}
+
+
+def test_notebook_as_written_turns_early_stopping_on_and_changes_nothing_else():
+    as_written = load_config(ROOT / "configs" / "notebook-as-written.yaml")
+    assert as_written["callbacks"]["early_stopping"]["enabled"] is True
+    as_written["callbacks"]["early_stopping"]["enabled"] = False
+    assert as_written == DEFAULTS
+
+
+def test_overrides_are_typed_like_yaml():
+    config = load_config(ROOT / "config.yaml", ["train.epochs=5", "train.learning_rate=1e-4", "train.seed=3",
+                                                "data.path=/tmp/x.csv", "model.dense=[32, 16]",
+                                                "callbacks.early_stopping.enabled=true", "output.name=abc"])
+    assert config["train"]["epochs"] == 5 and config["train"]["learning_rate"] == 1e-4
+    assert config["train"]["seed"] == 3 and config["data"]["path"] == "/tmp/x.csv"
+    assert config["model"]["dense"] == [32, 16] and config["callbacks"]["early_stopping"]["enabled"] is True
+    assert config["output"]["name"] == "abc"
+
+
+def test_monitor_spellings():
+    assert monitor_name("val_acc") == "val_accuracy" and monitor_name("acc") == "accuracy"
+    assert monitor_name("val_loss") == "val_loss"
+    assert monitor_mode("val_acc") == "max" and monitor_mode("loss") == "min"
+
+
+BAD_CONFIGS = {
+    "unknown section": ("trian:\n  epochs: 3\n", [], "unknown section 'trian'"),
+    "unknown key": ("train:\n  epoch: 3\n", [], "unknown key 'train.epoch'"),
+    "unknown key via --set": ("", ["train.lr=0.1"], "unknown key 'train.lr'"),
+    "unknown section via --set": ("", ["optimizer.name=sgd"], "unknown section 'optimizer'"),
+    "section given a value": ("train: 3\n", [], "'train' is a section"),
+    "wrong type": ("train:\n  epochs: ten\n", [], "'train.epochs' must be an integer"),
+    "bool for int": ("train:\n  batch_size: true\n", [], "'train.batch_size' must be an integer"),
+    "float for int": ("", ["train.epochs=2.5"], "'train.epochs' must be an integer"),
+    "string for bool": ("train:\n  shuffle: maybe\n", [], "'train.shuffle' must be true or false"),
+    "zero epochs": ("", ["train.epochs=0"], "'train.epochs' must be > 0"),
+    "negative batch": ("", ["train.batch_size=-8"], "'train.batch_size' must be > 0"),
+    "zero learning rate": ("", ["train.learning_rate=0"], "'train.learning_rate' must be > 0"),
+    "validation_split 1": ("", ["data.validation_split=1"], "'data.validation_split' must be between 0 and 1"),
+    "validation_split 0": ("", ["data.validation_split=0"], "'data.validation_split' must be between 0 and 1"),
+    "unknown protocol": ("", ["data.protocol=random"], "'data.protocol' must be one of seed, standard"),
+    "unknown monitor": ("", ["callbacks.checkpoint.monitor=val_auc"], "'callbacks.checkpoint.monitor' must be one of"),
+    "factor 1": ("", ["callbacks.reduce_lr.factor=1"], "'callbacks.reduce_lr.factor' must be between 0 and 1"),
+    "dropout 1": ("", ["model.dropout=1"], "'model.dropout' must be in [0, 1)"),
+    "bad filters": ("", ["model.filters=[64, -1]"], "'model.filters' must be a list of positive integers"),
+    "empty filters": ("", ["model.filters=[]"], "'model.filters' needs at least one entry"),
+    "nested name": ("", ["output.name=a/b"], "'output.name' must be a plain folder name"),
+    "no equals": ("", ["train.epochs"], "expected key=value"),
+    "yaml syntax": ("train:\n  epochs: 3\n  batch_size: [64\n", [], "YAML syntax error at line"),
+    "not a mapping": ("- 1\n- 2\n", [], "expected sections"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_configs_name_the_key(tmp_path, case):
+    text, overrides, fragment = BAD_CONFIGS[case]
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as caught:
+        load_config(path, overrides)
+    assert fragment in str(caught.value)
+
+
+def test_yaml_syntax_error_gives_its_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  path: x\ntrain:\n  epochs: 3\n    batch_size: 4\n")
+    with pytest.raises(UserError, match=r"c\.yaml: YAML syntax error at line 5"):
+        load_config(path)
+
+
+def test_bad_config_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 0\n")
+    runs = tmp_path / "runs"
+    assert_user_error(run_script("train.py", "--config", path, "--set", f"output.dir={runs}"),
+                      "'train.epochs' must be > 0")
+    assert not runs.exists()
+    assert_user_error(run_script("train.py", "--config", tmp_path / "missing.yaml"), "missing.yaml", "not found")

@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import data
+import evaluate
+import train
+from config import load_config
+from conftest import ROOT, assert_user_error, run_script
+
+RUN_FILES = {"config.yaml", "best.keras", "last.keras", "history.csv", "curves.png", "model.json",
+             "model.weights.h5", "metrics.json", "confusion_matrix.png", "metrics-last.json",
+             "confusion_matrix-last.png"}
+
+
+def test_training_writes_the_whole_run_directory(trained_run):
+    run_dir, result = trained_run
+    assert RUN_FILES <= {path.name for path in run_dir.iterdir()}
+    assert not list(run_dir.glob("*.part*"))
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(history.columns)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 6 and saved["model"]["filters"] == [8, 16, 32]
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"run directory: {run_dir}" in result.stdout
+
+
+def test_training_learns_the_synthetic_faces(trained_run):
+    run_dir, result = trained_run
+    final = json.loads((run_dir / "metrics-last.json").read_text())
+    best = json.loads((run_dir / "metrics.json").read_text())
+    assert final["split"] == "PrivateTest" and final["n"] == 200
+    assert final["accuracy"] > 0.6 and best["accuracy"] > 0.5  # chance is 1/7
+    assert f"final weights (last.keras): PrivateTest accuracy {final['accuracy']:.4f}" in result.stdout
+    assert f"best checkpoint (best.keras): PrivateTest accuracy {best['accuracy']:.4f}" in result.stdout
+
+
+def test_best_keras_holds_the_epoch_with_the_lowest_val_loss(trained_run, synthetic_csv):
+    run_dir, _ = trained_run
+    history = pd.read_csv(run_dir / "history.csv")
+    best_epoch = int(history["val_loss"].idxmin())
+    _, validation, _ = data.split(data.read_faces(synthetic_csv), "seed", 0.2)
+    model = evaluate.load_checkpoint(str(run_dir / "best.keras"))
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    loss, _ = model.evaluate(data.to_float(validation.images), data.one_hot(validation.labels), verbose=0)
+    # The checkpoint's loss includes the L2 penalty, as the history does; float32 sums differ slightly.
+    assert abs(loss - history["val_loss"][best_epoch]) < 1e-3
+
+
+def test_evaluate_matches_an_independent_computation(trained_run, synthetic_csv, tmp_path):
+    run_dir, _ = trained_run
+    result = run_script("evaluate.py", "--checkpoint", run_dir / "best.keras", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (tmp_path / "confusion_matrix.png").is_file()
+    # Independently: the notebook's last cell, argmax of predict on PrivateTest against the true labels.
+    import keras
+
+    x_train, y_train, x_test, y_test = data.load_data(synthetic_csv)
+    model = keras.saving.load_model(run_dir / "best.keras")
+    predicted = np.argmax(model.predict(x_test, verbose=0), axis=1)
+    accuracy = float(np.mean(predicted == np.argmax(y_test, axis=1)))
+    assert metrics["n"] == len(x_test) == 200
+    assert abs(metrics["accuracy"] - accuracy) < 1e-9
+    assert f"PrivateTest accuracy: {accuracy:.4f} (200 images)" in result.stdout
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.sum() == 200 and np.trace(matrix) == round(accuracy * 200)
+    assert matrix.sum(axis=1).tolist() == np.bincount(np.argmax(y_test, axis=1), minlength=7).tolist()
+    recall = {name: row["recall"] for name, row in metrics["per_class"].items()}
+    for i, name in enumerate(data.EMOTIONS):
+        truth = np.argmax(y_test, axis=1) == i
+        assert abs(recall[name] - np.mean(predicted[truth] == i)) < 1e-9
+
+
+def test_evaluate_reads_the_model_json_export_and_another_split(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    result = run_script("evaluate.py", "--checkpoint", run_dir / "model.json", "--split", "PublicTest",
+                        "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    from_json = json.loads((tmp_path / "metrics-model.json").read_text())
+    final = json.loads((run_dir / "metrics-last.json").read_text())
+    assert from_json["split"] == "PublicTest" and from_json["n"] == 200
+    # model.json + model.weights.h5 hold the final weights: the same predictions as last.keras.
+    last = run_script("evaluate.py", "--checkpoint", run_dir / "last.keras", "--split", "PublicTest", "--out", tmp_path)
+    assert last.returncode == 0
+    assert json.loads((tmp_path / "metrics-last.json").read_text())["confusion_matrix"] == from_json["confusion_matrix"]
+    assert final["split"] == "PrivateTest"
+
+
+def test_missing_dataset_says_where_to_get_fer2013(tmp_path):
+    result = run_script("train.py", "--config", "config.yaml", "--set", f"data.path={tmp_path}/fer2013.csv",
+                        "--set", f"output.dir={tmp_path}/runs")
+    assert_user_error(result, f"{tmp_path}/fer2013.csv", "kaggle.com", "fer2013")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_bad_checkpoints_are_one_line_errors(tmp_path, synthetic_csv):
+    assert_user_error(run_script("evaluate.py", "--checkpoint", tmp_path / "none.keras"), "none.keras", "not found")
+    (tmp_path / "junk.keras").write_text("not a model")
+    assert_user_error(run_script("evaluate.py", "--checkpoint", tmp_path / "junk.keras", "--data", synthetic_csv),
+                      "junk.keras", "not a loadable Keras model")
+
+
+def test_batches_feed_float_faces_and_one_hot_labels(synthetic_csv):
+    faces = data.read_faces(synthetic_csv).select(slice(0, 50))
+    batches = train.Batches(faces, 16, shuffle=True, seed=0)
+    assert len(batches) == 4
+    seen = []
+    for i in range(len(batches)):
+        x, y = batches[i]
+        assert x.dtype == np.float32 and x.shape[1:] == (48, 48, 1) and y.shape[1:] == (7,)
+        seen.append((x, y))
+    x = np.concatenate([b[0] for b in seen])
+    y = np.concatenate([b[1] for b in seen])
+    # Every face once per epoch, in a shuffled order, with its own label.
+    order = batches.order.copy()
+    assert sorted(order.tolist()) == list(range(50)) and order.tolist() != list(range(50))
+    np.testing.assert_array_equal(x, data.to_float(faces.images[order]))
+    np.testing.assert_array_equal(y.argmax(axis=1), faces.labels[order])
+    batches.on_epoch_end()
+    assert batches.order.tolist() != order.tolist()
+
+
+def test_demo_config_is_small_and_synthetic():
+    config = load_config(ROOT / "configs" / "demo.yaml")
+    assert config["data"]["synthetic"] and config["data"]["path"].startswith("data/")
+    assert config["train"]["epochs"] <= 10 and config["model"]["filters"][0] <= 16
