@@ -21,6 +21,7 @@ DEFAULTS = {
         "validation_split": 0.2,
         "limit": None,
         "synthetic": None,
+        "cache_dir": "auto",
     },
     "model": {
         "filters": [64, 128, 256, 512],
@@ -34,6 +35,9 @@ DEFAULTS = {
         "learning_rate": 0.001,
         "shuffle": True,
         "seed": None,
+        "precision": "auto",
+        "jit_compile": "auto",
+        "distribute": "auto",
     },
     "callbacks": {
         "reduce_lr": {"monitor": "val_loss", "factor": 0.9, "patience": 3},
@@ -43,15 +47,20 @@ DEFAULTS = {
     "output": {"dir": "runs", "name": None, "tensorboard": False},
 }
 
-# Keys whose default is null, and what they take when set.
-NULLABLE = {
-    "data.limit": int,
-    "data.synthetic": int,
-    "train.seed": int,
-    "output.name": str,
+# Keys whose values are not of their default's type: null and what else they take.
+TYPES = {
+    "data.limit": (int, type(None)),
+    "data.synthetic": (int, type(None)),
+    "data.cache_dir": (str, type(None)),
+    "train.seed": (int, type(None)),
+    "train.jit_compile": (bool, str),
+    "output.name": (str, type(None)),
 }
-
-PROTOCOLS = ("seed", "standard")
+CHOICES = {
+    "data.protocol": ("seed", "standard"),
+    "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    "train.distribute": ("auto", "none", "mirrored", "multi_worker"),
+}
 # The notebook (Keras 2) spelled accuracy "acc"; Keras 3 calls it "accuracy".
 MONITORS = {"loss": "loss", "val_loss": "val_loss", "accuracy": "accuracy", "val_accuracy": "val_accuracy",
             "acc": "accuracy", "val_acc": "val_accuracy"}
@@ -198,12 +207,25 @@ def flatten(config, prefix=""):
 
 
 def _type_name(kind):
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}[kind]
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            type(None): "null"}[kind]
 
 
-def coerce(value, kind):
+def check_type(key, value, kinds):
+    def fits(kind):
+        if kind is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, kind)
+
+    if not any(fits(kind) for kind in kinds):
+        raise UserError(f"config: '{key}' must be {' or '.join(map(_type_name, kinds))}, got {value!r}")
+
+
+def coerce(value, kinds):
     """PyYAML (YAML 1.1) reads 1e-4 as a string; a number-typed key takes it as the number it spells."""
-    if kind is float and isinstance(value, str):
+    if float in kinds and isinstance(value, str):
         try:
             return float(value)
         except ValueError:
@@ -211,36 +233,24 @@ def coerce(value, kind):
     return value
 
 
-def check_type(key, value, kind):
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise UserError(f"config: '{key}' must be {_type_name(kind)}, got {value!r}")
-
-
 def validate(config):
-    """Types from DEFAULTS (or NULLABLE), then the values that cannot work."""
+    """Types from DEFAULTS (or TYPES), then the values that cannot work."""
     defaults = flatten(DEFAULTS)
     for key, value in flatten(config).items():
-        kind = NULLABLE.get(key, type(defaults[key]))
-        value = coerce(value, kind)
+        kinds = TYPES.get(key, (type(defaults[key]),))
+        value = coerce(value, kinds)
         set_key(config, key, value, source="config")
-        if value is None and key in NULLABLE:
-            continue
-        check_type(key, value, kind)
-        if kind is list and not all(isinstance(item, int) and not isinstance(item, bool) and item > 0
-                                    for item in value):
+        check_type(key, value, kinds)
+        if list in kinds and not all(isinstance(item, int) and not isinstance(item, bool) and item > 0
+                                     for item in value):
             raise UserError(f"config: '{key}' must be a list of positive integers, got {value!r}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise UserError(f"config: '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
 
     def require(ok, key, what):
         if not ok:
             raise UserError(f"config: '{key}' {what}, got {get_key(config, key)!r}")
 
-    require(config["data"]["protocol"] in PROTOCOLS, "data.protocol", f"must be one of {', '.join(PROTOCOLS)}")
     require(0 < config["data"]["validation_split"] < 1, "data.validation_split", "must be between 0 and 1 (exclusive)")
     for key in ("data.limit", "data.synthetic"):
         value = get_key(config, key)
@@ -260,6 +270,10 @@ def validate(config):
         require(get_key(config, key) >= 0, key, "must be >= 0")
     require(0 < config["callbacks"]["reduce_lr"]["factor"] < 1, "callbacks.reduce_lr.factor", "must be between 0 and 1")
     require(config["callbacks"]["early_stopping"]["min_delta"] >= 0, "callbacks.early_stopping.min_delta", "must be >= 0")
+    jit_compile = config["train"]["jit_compile"]
+    require(jit_compile == "auto" or isinstance(jit_compile, bool), "train.jit_compile", "must be auto, true or false")
+    require(config["data"]["cache_dir"] is None or config["data"]["cache_dir"].strip() != "", "data.cache_dir",
+            "must be auto, a folder or null")
     require(config["output"]["dir"].strip() != "", "output.dir", "must not be empty")
     name = config["output"]["name"]
     require(name is None or (name.strip() not in ("", ".", "..") and "/" not in name and "\\" not in name),

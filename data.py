@@ -7,9 +7,13 @@ Images are kept as uint8 (N, 48, 48) until a batch is formed; `load_data` alone 
 float32 arrays. Parsing is vectorized with numpy over blocks of rows, never a Python loop over pixels.
 """
 import argparse
+import contextlib
 import gzip
+import hashlib
+import json
 import os
 import sys
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -52,27 +56,117 @@ def one_hot(labels, classes=len(EMOTIONS)):
     return np.eye(classes, dtype=np.float32)[labels]
 
 
-def load_data(dataset_path):
+def load_data(dataset_path, cache_dir="auto"):
     """The notebook's loader: (x_train, y_train, x_test, y_test), float32.
 
     Every row whose Usage is not PrivateTest goes to the training arrays in file order (Training then
     PublicTest), PrivateTest rows to the test arrays; images (N, 48, 48, 1) / 255, labels one-hot (N, 7).
     """
-    faces = read_faces(dataset_path)
+    faces = read_faces(dataset_path, cache_dir)
     test = faces.usage == PRIVATE_TEST
     train = faces.select(~test)
     test = faces.select(test)
     return to_float(train.images), one_hot(train.labels), to_float(test.images), one_hot(test.labels)
 
 
-def read_faces(path):
-    """Read a FER2013 CSV (.csv or .csv.gz) or an image-folder release into uint8 arrays."""
+def read_faces(path, cache_dir="auto"):
+    """Read a FER2013 CSV (.csv or .csv.gz) or an image-folder release into uint8 arrays.
+
+    With a cache directory ("auto": the user's cache, $XDG_CACHE_HOME/fer2013-keras or ~/.cache/fer2013-keras;
+    None: no cache), the parsed arrays are kept there and reused while the source is unchanged.
+    """
     path = os.fspath(path)
-    if os.path.isdir(path):
-        return read_folders(path)
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file or folder")
-    return read_csv(path)
+    read = read_folders if os.path.isdir(path) else read_csv
+    directory = cache_location(cache_dir)
+    if directory is None:
+        return read(path)
+    cache_file = os.path.join(directory, hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:24] + ".fer")
+    fingerprint = source_fingerprint(path)
+    faces = load_cache(cache_file, fingerprint)
+    if faces is None:
+        faces = read(path)
+        save_cache(cache_file, fingerprint, faces)
+    return faces
+
+
+# --- the parse cache ------------------------------------------------------------------------------------
+# One file per source path: a JSON header line (the source's fingerprint, array shapes and CRC-32s), then
+# the raw uint8 images, labels and usage. A changed source (size, mtime or sampled content) or a damaged
+# file (short, bad header, CRC mismatch) is rebuilt, never trusted.
+
+CACHE_VERSION = 1
+SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 1 << 16
+
+
+def cache_location(cache_dir):
+    if cache_dir is None:
+        return None
+    if cache_dir == "auto":
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(base, "fer2013-keras")
+    return os.path.expanduser(os.fspath(cache_dir))
+
+
+def source_fingerprint(path):
+    """Size, mtime and a content hash of a CSV (of its first and last 64 KiB and 16 blocks between, so
+    that a warm load does not re-read 300 MB); for a folder, the names, sizes and mtimes of its files."""
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        size = mtime = 0
+        for folder, subfolders, files in os.walk(path):
+            subfolders.sort()
+            for name in sorted(files):
+                stat = os.stat(os.path.join(folder, name))
+                size, mtime = size + stat.st_size, max(mtime, stat.st_mtime_ns)
+                digest.update(f"{os.path.relpath(os.path.join(folder, name), path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return {"size": size, "mtime_ns": mtime, "sha256": digest.hexdigest()}
+    stat = os.stat(path)
+    with open(path, "rb") as f:
+        for i in range(SAMPLE_BLOCKS + 2):
+            f.seek(max(0, min(stat.st_size - SAMPLE_BYTES, i * stat.st_size // (SAMPLE_BLOCKS + 1))))
+            digest.update(f.read(SAMPLE_BYTES))
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def load_cache(cache_file, fingerprint):
+    """The cached Faces if the file is whole and was made from this very source, else None."""
+    try:
+        with open(cache_file, "rb") as f:
+            header = json.loads(f.readline())
+            if header.get("version") != CACHE_VERSION or header.get("source") != fingerprint:
+                return None
+            arrays = []
+            for name in Faces._fields:
+                shape, crc = header["arrays"][name]
+                array = np.fromfile(f, np.uint8, count=int(np.prod(shape)))
+                if array.size != np.prod(shape) or zlib.crc32(array) != crc:
+                    return None
+                arrays.append(array.reshape(shape))
+            if f.read(1):
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Faces(*arrays)
+
+
+def save_cache(cache_file, fingerprint, faces):
+    """Write the cache to a temporary name, then rename; a cache that cannot be written is only skipped."""
+    header = {"version": CACHE_VERSION, "source": fingerprint,
+              "arrays": {name: [list(array.shape), zlib.crc32(array)] for name, array in zip(Faces._fields, faces)}}
+    temporary = f"{cache_file}.{os.getpid()}.part"
+    try:
+        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+        with open(temporary, "wb") as f:
+            f.write(json.dumps(header).encode() + b"\n")
+            for array in faces:
+                f.write(np.ascontiguousarray(array, np.uint8).tobytes())
+        os.replace(temporary, cache_file)
+    except OSError as error:
+        print(f"note: could not write the data cache {cache_file}: {error.strerror}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
 
 
 # --- the Kaggle CSV -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from config import UserError, exit_on_user_error, load_config, native_stderr_held
+import backends
 import data
 
 with native_stderr_held():
@@ -59,10 +60,20 @@ def _first_line(error):
 
 
 def predict_probabilities(model, images, batch_size=256):
-    """Class probabilities (N, 7) for uint8 images (N, 48, 48), fed as the notebook did (/ 255)."""
-    outputs = [model.predict_on_batch(data.to_float(images[i:i + batch_size]))
-               for i in range(0, len(images), batch_size)]
-    return np.concatenate([keras.ops.convert_to_numpy(output) for output in outputs]).astype(np.float32)
+    """Class probabilities (N, 7) for uint8 images (N, 48, 48), fed as the notebook did (/ 255).
+
+    Each batch is padded to a multiple of the devices that split it (JAX data parallelism) and the padding's
+    outputs are dropped, so every image is scored exactly once.
+    """
+    multiple = backends.batch_multiple()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = data.to_float(images[start:start + batch_size])
+        padding = -len(batch) % multiple
+        if padding:
+            batch = np.concatenate([batch, np.zeros((padding, *batch.shape[1:]), batch.dtype)])
+        outputs.append(keras.ops.convert_to_numpy(model.predict_on_batch(batch))[:len(batch) - padding])
+    return np.concatenate(outputs).astype(np.float32)
 
 
 def evaluate_model(model, faces, split="PrivateTest", batch_size=256):
@@ -142,8 +153,8 @@ def print_report(metrics):
         print(f"{name:>10} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
 
 
-def load_split(path, split, limit=None):
-    faces = data.limit_rows(data.read_faces(path), limit)
+def load_split(path, split, limit=None, cache_dir="auto"):
+    faces = data.limit_rows(data.read_faces(path, cache_dir), limit)
     selected = faces.select(faces.usage == data.USAGES.index(split))
     if len(selected) == 0:
         raise UserError(f"{path}: no {split} rows")
@@ -152,11 +163,11 @@ def load_split(path, split, limit=None):
 
 def data_for(checkpoint, data_path):
     """The data to score on: --data, else the run's own (config.yaml beside the checkpoint), else the default."""
-    if data_path:
-        return data_path, None
     run_config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yaml")
     config = load_config(run_config if os.path.isfile(run_config) else None)
-    return config["data"]["path"], config["data"]["limit"]
+    if data_path:
+        return data_path, None, config["data"]["cache_dir"]
+    return config["data"]["path"], config["data"]["limit"], config["data"]["cache_dir"]
 
 
 @exit_on_user_error
@@ -170,8 +181,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
     model = load_checkpoint(args.checkpoint, args.weights)
-    data_path, limit = data_for(args.checkpoint, args.data)
-    faces = load_split(data_path, args.split, limit)
+    data_path, limit, cache_dir = data_for(args.checkpoint, args.data)
+    faces = load_split(data_path, args.split, limit, cache_dir)
     metrics = evaluate_model(model, faces, args.split, args.batch_size)
     metrics = {"checkpoint": args.checkpoint, "data": data_path, **metrics}
     print_report(metrics)

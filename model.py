@@ -41,10 +41,10 @@ def build_model(config=None):
     layers.append(keras.layers.Flatten())
     for units in options["dense"]:
         layers += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(rate)]
-    layers.append(keras.layers.Dense(CLASSES, activation="softmax"))
+    layers.append(keras.layers.Dense(CLASSES, activation="softmax", dtype="float32"))  # float32 under mixed precision
     model = keras.Sequential(layers, name="fer2013_cnn")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=train["learning_rate"]),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=train["jit_compile"])
     return model
 
 

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from config import UserError, dump, exit_on_user_error, load_config, monitor_mode, monitor_name, native_stderr_held
+import backends
 import data
 import evaluate
 from model import build_model
@@ -24,28 +25,37 @@ with native_stderr_held():
 
 
 class Batches(keras.utils.PyDataset):
-    """uint8 faces -> float32 batches (/ 255) with one-hot labels, reshuffled every epoch when `shuffle`.
+    """uint8 faces -> float32 batches (/ 255) with one-hot labels.
 
-    Images stay uint8 in memory until a batch is formed, as keras's own array adapter would not do.
+    Images stay uint8 in memory until a batch is formed. With `shuffle`, epoch e visits the faces in the
+    order of a permutation drawn from (seed, e) alone, so a resumed run sees the same batches. Where
+    `multiple` devices split each batch (JAX data parallelism), the last batch is cut to a multiple of them.
     """
 
-    def __init__(self, faces, batch_size, shuffle=False, seed=None, **kwargs):
+    def __init__(self, faces, batch_size, shuffle=False, seed=None, multiple=1, epoch=0, **kwargs):
         super().__init__(**kwargs)
-        self.faces, self.batch_size, self.shuffle = faces, batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-        self.order = np.arange(len(faces))
-        self.on_epoch_end()
+        self.faces, self.batch_size, self.shuffle, self.multiple = faces, batch_size, shuffle, multiple
+        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+        self.epoch = epoch
+        self.order = self._order()
+
+    def _order(self):
+        if not self.shuffle:
+            return np.arange(len(self.faces))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.faces))
 
     def __len__(self):
-        return -(-len(self.faces) // self.batch_size)
+        full, rest = divmod(len(self.faces), self.batch_size)
+        return full + (rest - rest % self.multiple > 0)
 
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = rows[:len(rows) - len(rows) % self.multiple]
         return data.to_float(self.faces.images[rows]), data.one_hot(self.faces.labels[rows])
 
     def on_epoch_end(self):
-        if self.shuffle:
-            self.rng.shuffle(self.order)
+        self.epoch += 1
+        self.order = self._order()
 
 
 def prepare_data(config):
@@ -60,10 +70,11 @@ def prepare_data(config):
         else:
             raise UserError(f"no dataset at {path}: download fer2013.csv from {data.FER2013_URL} and put it at "
                             f"{path} (or point data.path at it, e.g. --set data.path=/path/to/fer2013.csv)")
-    faces = data.limit_rows(data.read_faces(path), options["limit"])
+    started = time.time()
+    faces = data.limit_rows(data.read_faces(path, options["cache_dir"]), options["limit"])
     train, validation, test = data.split(faces, options["protocol"], options["validation_split"], path)
     kind = "SYNTHETIC faces" if options["synthetic"] else "faces"
-    print(f"data: {path} ({kind}), protocol {options['protocol']}: "
+    print(f"data: {path} ({kind}, read in {time.time() - started:.1f} s), protocol {options['protocol']}: "
           f"{len(train)} train, {len(validation)} validation, {len(test)} test")
     return train, validation, test
 
@@ -165,17 +176,26 @@ def train(config, config_path=None, evaluate_after=True):
     train_faces, validation, test = prepare_data(config)
     options = config["train"]
     if options["seed"] is not None:
-        keras.utils.set_random_seed(options["seed"])
+        backends.make_deterministic(options["seed"])
+    precision, why = backends.choose_precision(options["precision"])
+    keras.mixed_precision.set_global_policy(precision)
+    distribution = backends.Distribution(backends.choose_distribution(options["distribute"]))
+    multiple = backends.batch_multiple()
+    if options["batch_size"] % multiple:
+        raise UserError(f"train.batch_size {options['batch_size']} cannot be split evenly over {multiple} devices")
     run_dir = new_run_dir(config, config_path)
     with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
         f.write(dump(config))
-    print(f"backend {keras.backend.backend()}, devices: {', '.join(keras.distribution.list_devices())}")
-    model = build_model(config)
+    with distribution.scope():
+        model = build_model(config)
     model.summary()
-    seed = options["seed"]
-    model.fit(Batches(train_faces, options["batch_size"], shuffle=options["shuffle"], seed=seed),
-              validation_data=Batches(validation, options["batch_size"]),
-              epochs=options["epochs"], callbacks=make_callbacks(config, run_dir))
+    print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
+    print(f"precision {precision} ({why}), XLA {'on' if model.jit_compile else 'off'}, "
+          f"distribution {distribution.describe()}")
+    batches = dict(batch_size=options["batch_size"], multiple=multiple, workers=backends.prefetch_workers())
+    model.fit(Batches(train_faces, shuffle=options["shuffle"], seed=options["seed"], **batches),
+              validation_data=Batches(validation, **batches),
+              epochs=options["epochs"], callbacks=make_callbacks(config, run_dir), shuffle=False)
     save_exports(model, run_dir)
     plot_curves(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
     if evaluate_after:

@@ -50,6 +50,12 @@ def make_rows(usages, seed=0):
     return [(i % 7, images[i], usage) for i, usage in enumerate(usages)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The data cache of every test and every script they run lives in a temporary folder, not the user's."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
 @pytest.fixture(scope="session")
 def synthetic_csv(tmp_path_factory):
     """2,000 synthetic faces (1,600 Training, 200 PublicTest, 200 PrivateTest)."""

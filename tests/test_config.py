@@ -15,7 +15,8 @@ def test_config_yaml_spells_out_every_default_with_a_comment():
 
 def test_the_notebooks_values():
     config = load_config(ROOT / "config.yaml")
-    assert config["train"] == {"epochs": 100, "batch_size": 64, "learning_rate": 0.001, "shuffle": True, "seed": None}
+    assert config["train"] == {"epochs": 100, "batch_size": 64, "learning_rate": 0.001, "shuffle": True, "seed": None,
+                               "precision": "auto", "jit_compile": "auto", "distribute": "auto"}
     assert config["data"]["protocol"] == "seed" and config["data"]["validation_split"] == 0.2
     assert config["model"]["l2"] == 0.01 and config["model"]["dropout"] == 0.5
     assert config["callbacks"]["reduce_lr"] == {"monitor": "val_loss", "factor": 0.9, "patience": 3}
@@ -63,6 +64,10 @@ BAD_CONFIGS = {
     "validation_split 1": ("", ["data.validation_split=1"], "'data.validation_split' must be between 0 and 1"),
     "validation_split 0": ("", ["data.validation_split=0"], "'data.validation_split' must be between 0 and 1"),
     "unknown protocol": ("", ["data.protocol=random"], "'data.protocol' must be one of seed, standard"),
+    "unknown precision": ("", ["train.precision=float16"], "'train.precision' must be one of auto, float32"),
+    "unknown distribute": ("", ["train.distribute=tpu"], "'train.distribute' must be one of auto, none, mirrored"),
+    "bad jit_compile": ("", ["train.jit_compile=sometimes"], "'train.jit_compile' must be auto, true or false"),
+    "jit_compile number": ("", ["train.jit_compile=1"], "'train.jit_compile' must be true or false or a string"),
     "unknown monitor": ("", ["callbacks.checkpoint.monitor=val_auc"], "'callbacks.checkpoint.monitor' must be one of"),
     "factor 1": ("", ["callbacks.reduce_lr.factor=1"], "'callbacks.reduce_lr.factor' must be between 0 and 1"),
     "dropout 1": ("", ["model.dropout=1"], "'model.dropout' must be in [0, 1)"),

@@ -1,0 +1,158 @@
+"""What each Keras backend needs to train fast and repeatably: devices, mixed precision, data parallelism and
+op determinism.
+
+The one module that imports TensorFlow, JAX or PyTorch directly, so that model.py, train.py and evaluate.py
+stay plain Keras 3 and run on any backend (KERAS_BACKEND=tensorflow, the default, jax or torch).
+"""
+import contextlib
+import os
+
+from config import UserError, native_stderr_held
+
+with native_stderr_held():
+    import keras
+
+
+def backend():
+    return keras.backend.backend()
+
+
+def gpus():
+    """[(name, (major, minor) compute capability)] of the GPUs the backend can use."""
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        found = []
+        for device in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(device)
+            found.append((details.get("device_name", device.name), tuple(details.get("compute_capability", (0, 0)))))
+        return found
+    if backend() == "jax":
+        import jax
+
+        return [(device.device_kind, _capability(getattr(device, "compute_capability", "0.0")))
+                for device in jax.devices() if device.platform == "gpu"]
+    if backend() == "torch":
+        import torch
+
+        return [(torch.cuda.get_device_name(i), tuple(torch.cuda.get_device_capability(i)))
+                for i in range(torch.cuda.device_count())]
+    return []
+
+
+def _capability(text):
+    try:
+        return tuple(int(part) for part in str(text).split(".")[:2])
+    except ValueError:
+        return (0, 0)
+
+
+def cpu_flags():
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_precision(setting):
+    """(Keras dtype policy, why) for train.precision.
+
+    auto: mixed_float16 on NVIDIA GPUs with tensor cores (compute capability 7.0+), float32 on older GPUs,
+    mixed_bfloat16 on CPUs with AVX512_BF16 or AMX (about 2x float32 with TensorFlow on such a CPU), else float32.
+    """
+    if setting != "auto":
+        return setting, "as configured"
+    found = gpus()
+    if found:
+        lowest = min(capability for _, capability in found)
+        if lowest >= (7, 0):
+            return "mixed_float16", f"auto: GPU compute capability {lowest[0]}.{lowest[1]}"
+        return "float32", f"auto: GPU compute capability {lowest[0]}.{lowest[1]} has no tensor cores"
+    bf16 = {"avx512_bf16", "amx_bf16"} & cpu_flags()
+    if bf16:
+        return "mixed_bfloat16", f"auto: CPU with {', '.join(sorted(bf16)).upper()}"
+    return "float32", "auto: CPU without bfloat16 instructions"
+
+
+def choose_distribution(setting):
+    """none | mirrored | multi_worker for train.distribute (auto: multi_worker with TF_CONFIG, mirrored on
+    more than one accelerator, else none)."""
+    if setting != "auto":
+        return setting
+    if backend() == "tensorflow" and os.environ.get("TF_CONFIG"):
+        return "multi_worker"
+    if backend() == "jax" and os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+        return "multi_worker"
+    return "mirrored" if len(gpus()) > 1 else "none"
+
+
+class Distribution:
+    """Data parallelism for one run: a context to build and train the model in, and how many devices share
+    each batch. The batch size stays the global batch size; the learning rate is not scaled."""
+
+    def __init__(self, kind):
+        self.kind, self.devices, self.strategy = kind, [], None
+        if kind == "none":
+            return
+        if backend() == "tensorflow":
+            import tensorflow as tf
+
+            if kind == "multi_worker":
+                self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            else:
+                devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+                self.strategy = tf.distribute.MirroredStrategy(devices=[device.name for device in devices])
+            self.devices = list(self.strategy.extended.worker_devices)
+        elif backend() == "jax":
+            if kind == "multi_worker":
+                keras.distribution.initialize()  # from KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID
+            self.devices = keras.distribution.list_devices()
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=self.devices))
+        else:
+            raise UserError(f"train.distribute={kind} needs the tensorflow or jax backend, not {backend()}")
+
+    def scope(self):
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def describe(self):
+        if self.kind == "none":
+            return "none"
+        return f"{self.kind} over {len(self.devices)} devices ({', '.join(map(str, self.devices))})"
+
+
+def batch_multiple():
+    """How many devices split every batch evenly (JAX data parallelism), so that batch sizes must be a
+    multiple of it; 1 without a global Keras distribution (TensorFlow's strategies split unevenly)."""
+    distribution = keras.distribution.distribution()
+    return int(distribution.device_mesh.devices.size) if distribution is not None else 1
+
+
+def prefetch_workers():
+    """Threads preparing batches ahead of training: on TensorFlow, Keras already prefetches a PyDataset
+    through tf.data (AUTOTUNE), elsewhere two threads keep a queue of ready batches."""
+    return 1 if backend() == "tensorflow" else 2
+
+
+def make_deterministic(seed):
+    """Seed Python, NumPy and the backend, and ask for deterministic kernels where the backend offers them."""
+    keras.utils.set_random_seed(seed)
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend() == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def describe_devices():
+    text = ", ".join(keras.distribution.list_devices())
+    for name, (major, minor) in gpus():
+        text += f"; {name} (compute capability {major}.{minor})"
+    return text
