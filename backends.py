@@ -47,10 +47,13 @@ def _capability(text):
         return (0, 0)
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
 def cpu_flags():
     """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
                     return set(line.split(":", 1)[1].split())
@@ -111,7 +114,7 @@ class Distribution:
         elif backend() == "jax":
             if kind == "multi_worker":
                 keras.distribution.initialize()  # from KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID
-            self.devices = keras.distribution.list_devices()
+            self.devices = list_devices()
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=self.devices))
         else:
             raise UserError(f"train.distribute={kind} needs the tensorflow or jax backend, not {backend()}")
@@ -151,8 +154,17 @@ def make_deterministic(seed):
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def list_devices():
+    """The devices Keras trains on, e.g. ['cpu:0'] or ['gpu:0', 'gpu:1'] (Keras lists none for torch)."""
+    if backend() == "torch":
+        import torch
+
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu:0"]
+    return keras.distribution.list_devices()
+
+
 def describe_devices():
-    text = ", ".join(keras.distribution.list_devices())
+    text = ", ".join(list_devices())
     for name, (major, minor) in gpus():
         text += f"; {name} (compute capability {major}.{minor})"
     return text

@@ -115,7 +115,8 @@ def source_fingerprint(path):
     digest = hashlib.sha256()
     if os.path.isdir(path):
         size = mtime = 0
-        for folder, subfolders, files in os.walk(path):
+        for folder, subfolders, files in (entry for split in ("train", "test")
+                                          for entry in os.walk(os.path.join(path, split))):
             subfolders.sort()
             for name in sorted(files):
                 stat = os.stat(os.path.join(folder, name))

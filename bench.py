@@ -1,0 +1,279 @@
+"""Measure this project against the notebook's own way, side by side in one run.
+
+    python bench.py load    [--data PATH] [--repeat 3]
+    python bench.py train   [--data PATH] [--steps 30] [--batch-size 64] [--precisions float32,mixed_bfloat16]
+    python bench.py predict [--data PATH] [--images 2048] [--precisions float32,mixed_bfloat16]
+    python bench.py all     [--data PATH]
+
+Every figure comes from a fresh Python process, so that its peak memory is that job's alone and nothing (a
+dtype policy, a warm cache, compiled functions) carries over from one figure to the next. Loading figures are
+the median of --repeat processes; speeds are the best of 3 timed segments after a warm-up, each with the CPU
+cores it kept busy (CPU time / wall time): a figure far below the core count was held back by the machine, not
+by the code, and is worth measuring again. Prints a table, then one JSON line per figure, with ratios against
+the notebook's way.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from config import UserError, exit_on_user_error
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def notebook_load_data(dataset_path, width=48, height=48, num_classes=7):
+    """The notebook's load_data, as written there (to_categorical spelled out in NumPy, to leave Keras out)."""
+    data, test_data, test_labels, labels = [], [], [], []
+    with open(dataset_path, "r") as file:
+        for line_no, line in enumerate(file.readlines()):
+            if 0 < line_no <= 35887:
+                curr_class, line, set_type = line.split(",")
+                image_data = np.asarray([int(x) for x in line.split()]).reshape(width, height)
+                image_data = image_data.astype(np.uint8) / 255.0
+                if set_type.strip() == "PrivateTest":
+                    test_data.append(image_data)
+                    test_labels.append(curr_class)
+                else:
+                    data.append(image_data)
+                    labels.append(curr_class)
+        test_data = np.expand_dims(test_data, -1)
+        test_labels = np.eye(num_classes)[np.array(test_labels, dtype=int)]
+        data = np.expand_dims(data, -1)
+        labels = np.eye(num_classes)[np.array(labels, dtype=int)]
+        return np.array(data), np.array(labels), np.array(test_data), np.array(test_labels)
+
+
+def peak_mib():
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec, unlike ru_maxrss, which a
+    child inherits from the process that started it."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+# --- what one child process measures ---------------------------------------------------------------------
+
+def measure_load(how, path, cache_dir):
+    import data
+
+    started = time.perf_counter()
+    if how == "notebook":
+        notebook_load_data(path)
+    elif how == "load_data":
+        data.load_data(path, cache_dir=None)
+    else:
+        data.read_faces(path, cache_dir if how == "warm" else None)
+    return {"seconds": time.perf_counter() - started, "peak_mib": peak_mib()}
+
+
+def _training_arrays(path, images):
+    import data
+
+    faces = data.read_faces(path, None)
+    faces = faces.select(faces.usage != data.PRIVATE_TEST)
+    repeats = -(-images // len(faces))
+    return faces.select(np.tile(np.arange(len(faces)), repeats)[:images])
+
+
+def _model(precision):
+    import keras
+
+    from config import load_config
+    from model import build_model
+
+    keras.mixed_precision.set_global_policy(precision)
+    return build_model(load_config(os.path.join(HERE, "config.yaml")))
+
+
+SEGMENTS = 3  # timed segments per figure: the best one counts, so that a burst of CPU steal does not
+
+
+def measure_train(how, path, precision, steps, batch_size):
+    """Training images per second after a warm-up: ours (uint8 faces, batches formed on the fly) or the
+    notebook's model.fit on float arrays. `steps` are timed in SEGMENTS fits; the fastest counts."""
+    import data
+    import train
+
+    warm_up, per_segment = 3, max(1, steps // SEGMENTS)
+    faces = _training_arrays(path, (warm_up + per_segment * SEGMENTS) * batch_size)
+    model = _model(precision)
+    x, y = data.to_float(faces.images).astype(np.float64), data.one_hot(faces.labels)
+
+    def fit(start, batches):
+        rows = slice(start * batch_size, (start + batches) * batch_size)
+        if how == "notebook":
+            model.fit(x[rows], y[rows], batch_size=batch_size, shuffle=True, verbose=0)
+        else:
+            model.fit(train.Batches(faces.select(rows), batch_size, shuffle=True, seed=start), verbose=0, shuffle=False)
+
+    fit(0, warm_up)
+    segments = [timed(lambda segment=segment: fit(warm_up + segment * per_segment, per_segment),
+                      per_segment * batch_size) for segment in range(SEGMENTS)]
+    return best_of(segments)
+
+
+def timed(job, images):
+    """(images per second, CPU cores busy) of one run of job: the cores show when the machine held us back."""
+    cpu, started = os.times(), time.perf_counter()
+    job()
+    seconds, after = time.perf_counter() - started, os.times()
+    busy = (after.user - cpu.user) + (after.system - cpu.system)
+    return images / seconds, busy / seconds
+
+
+def best_of(segments):
+    rate, cores = max(segments)
+    return {"images_per_second": rate, "cpu_cores": cores, "segments": [round(r, 2) for r, _ in segments],
+            "segment_cpu_cores": [round(c, 2) for _, c in segments]}
+
+
+def measure_predict(how, path, precision, images):
+    import data
+    import evaluate
+
+    faces = _training_arrays(path, images)
+    model = _model(precision)
+    x = data.to_float(faces.images).astype(np.float64)
+
+    def predict():
+        if how == "notebook":
+            model.predict(x, verbose=0)
+        else:
+            evaluate.predict_probabilities(model, faces.images)
+
+    predict()  # the first pass compiles
+    return best_of([timed(predict, images) for _ in range(SEGMENTS)])
+
+
+def child_main(argv):
+    job, how, *rest = argv
+    if job == "load":
+        path, cache_dir = rest
+        result = measure_load(how, path, cache_dir)
+    elif job == "train":
+        path, precision, steps, batch_size = rest
+        result = measure_train(how, path, precision, int(steps), int(batch_size))
+    else:
+        path, precision, images = rest
+        result = measure_predict(how, path, precision, int(images))
+    print("RESULT " + json.dumps(result))
+
+
+# --- the parent: run children, print the table -------------------------------------------------------
+
+def in_child(*args):
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *map(str, args)],
+                            capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"bench child {args} failed:\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def machine():
+    import keras
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "keras": keras.__version__, "backend": keras.backend.backend()}
+
+
+def bench_load(path, repeat):
+    figures = []
+    with tempfile.TemporaryDirectory() as cache_dir:
+        in_child("load", "cold", path, cache_dir)  # the parse that writes nothing: discarded, warms the page cache
+        import data
+
+        data.read_faces(path, cache_dir)  # write the cache that "warm" reads
+        for how, label in (("notebook", "notebook load_data"), ("cold", "ours cold"), ("warm", "ours warm"),
+                           ("load_data", "ours load_data (float32, no cache)")):
+            runs = [in_child("load", how, path, cache_dir) for _ in range(repeat)]
+            figures.append({"bench": "load", "what": label, "seconds": statistics.median(r["seconds"] for r in runs),
+                            "peak_mib": max(r["peak_mib"] for r in runs), "repeats": repeat})
+    notebook = figures[0]["seconds"]
+    for figure in figures[1:]:
+        figure["speedup_vs_notebook"] = notebook / figure["seconds"]
+    return figures
+
+
+def bench_images_per_second(job, path, precisions, *sizes):
+    label = "model.fit" if job == "train" else "model.predict"
+    figures = [{"bench": job, "what": f"notebook {label}", "precision": "float32",
+                **in_child(job, "notebook", path, "float32", *sizes)}]
+    for precision in precisions:
+        figures.append({"bench": job, "what": f"ours {precision}", "precision": precision,
+                        **in_child(job, "ours", path, precision, *sizes)})
+    notebook = figures[0]["images_per_second"]
+    for figure in figures[1:]:
+        figure["speedup_vs_notebook"] = figure["images_per_second"] / notebook
+    return figures
+
+
+def print_table(figures):
+    print(f"{'bench':<8} {'what':<36} {'seconds':>9} {'peak MiB':>9} {'images/s':>9} {'x notebook':>10} {'cores':>6}")
+    for f in figures:
+        seconds = f"{f['seconds']:.3f}" if "seconds" in f and "images_per_second" not in f else ""
+        peak = f"{f['peak_mib']:.0f}" if "peak_mib" in f else ""
+        rate = f"{f['images_per_second']:.1f}" if "images_per_second" in f else ""
+        ratio = f"{f['speedup_vs_notebook']:.2f}" if "speedup_vs_notebook" in f else ""
+        cores = f"{f['cpu_cores']:.2f}" if "cpu_cores" in f else ""
+        print(f"{f['bench']:<8} {f['what']:<36} {seconds:>9} {peak:>9} {rate:>9} {ratio:>10} {cores:>6}")
+
+
+@exit_on_user_error
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return child_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("job", choices=("load", "train", "predict", "all"))
+    parser.add_argument("--data", default="data/fer2013.csv", help="a FER2013 CSV (default data/fer2013.csv)")
+    parser.add_argument("--repeat", type=int, default=3, help="load: fresh processes per figure (median)")
+    parser.add_argument("--steps", type=int, default=30, help="train: timed steps per figure")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=2048, help="predict: images per figure")
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated (default: float32, mixed_bfloat16, and mixed_float16 with a GPU)")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.data):
+        raise UserError(f"{args.data}: no such file (bench.py needs a FER2013-format CSV; give it with --data)")
+    figures = []
+    if args.job in ("load", "all"):
+        figures += bench_load(args.data, args.repeat)
+    import backends
+
+    precisions = (args.precisions.split(",") if args.precisions
+                  else ["float32", "mixed_bfloat16"] + (["mixed_float16"] if backends.gpus() else []))
+    if args.job in ("train", "all"):
+        figures += bench_images_per_second("train", args.data, precisions, args.steps, args.batch_size)
+    if args.job in ("predict", "all"):
+        figures += bench_images_per_second("predict", args.data, precisions, args.images)
+    about = machine()
+    print(f"machine: {about['cpu']}, {about['cores']} cores; Python {about['python']}, NumPy {about['numpy']}, "
+          f"Keras {about['keras']} ({about['backend']})")
+    print_table(figures)
+    print(json.dumps({"bench": "machine", **about}))
+    for figure in figures:
+        print(json.dumps(figure))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
