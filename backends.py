@@ -7,7 +7,7 @@ stay plain Keras 3 and run on any backend (KERAS_BACKEND=tensorflow, the default
 import contextlib
 import os
 
-from config import UserError, native_stderr_held
+from common import UserError, native_stderr_held
 
 with native_stderr_held():
     import keras

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from config import UserError, exit_on_user_error
+from common import UserError, exit_on_user_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

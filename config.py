@@ -4,15 +4,12 @@ A config file only needs the keys it changes; every other key keeps the default 
 config.yaml spells out with comments. Anything the user got wrong (unknown key, wrong type, impossible value,
 a YAML syntax error) is a UserError: the scripts print it as one line and exit with status 2.
 """
-import contextlib
 import copy
-import functools
 import math
-import os
-import sys
-import tempfile
 
 import yaml
+
+from common import UserError
 
 DEFAULTS = {
     "data": {
@@ -64,50 +61,6 @@ CHOICES = {
 # The notebook (Keras 2) spelled accuracy "acc"; Keras 3 calls it "accuracy".
 MONITORS = {"loss": "loss", "val_loss": "val_loss", "accuracy": "accuracy", "val_accuracy": "val_accuracy",
             "acc": "accuracy", "val_acc": "val_accuracy"}
-
-
-class UserError(Exception):
-    """Something the user supplied is wrong (file, config, checkpoint): reported in one line, exit status 2."""
-
-
-def exit_on_user_error(main):
-    """Run a script's main so that a UserError prints one line (no traceback) and exits with status 2."""
-
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-        except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(1)
-
-    return wrapper
-
-
-@contextlib.contextmanager
-def native_stderr_held():
-    """Hold back what native code writes to stderr inside the block, replaying it only if the block fails.
-
-    TensorFlow 2.21 prints C++ log lines at import time that no setting silences (TF_CPP_MIN_LOG_LEVEL
-    included); around `import keras` this keeps a user's one-line error one line.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def monitor_name(monitor):

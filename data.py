@@ -7,7 +7,6 @@ Images are kept as uint8 (N, 48, 48) until a batch is formed; `load_data` alone 
 float32 arrays. Parsing is vectorized with numpy over blocks of rows, never a Python loop over pixels.
 """
 import argparse
-import contextlib
 import gzip
 import hashlib
 import json
@@ -19,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from config import UserError, exit_on_user_error
+from common import UserError, exit_on_user_error, replaced_atomically
 
 EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -156,18 +155,14 @@ def save_cache(cache_file, fingerprint, faces):
     """Write the cache to a temporary name, then rename; a cache that cannot be written is only skipped."""
     header = {"version": CACHE_VERSION, "source": fingerprint,
               "arrays": {name: [list(array.shape), zlib.crc32(array)] for name, array in zip(Faces._fields, faces)}}
-    temporary = f"{cache_file}.{os.getpid()}.part"
     try:
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-        with open(temporary, "wb") as f:
+        with replaced_atomically(cache_file) as temporary, open(temporary, "wb") as f:
             f.write(json.dumps(header).encode() + b"\n")
             for array in faces:
                 f.write(np.ascontiguousarray(array, np.uint8).tobytes())
-        os.replace(temporary, cache_file)
     except OSError as error:
         print(f"note: could not write the data cache {cache_file}: {error.strerror}", file=sys.stderr)
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
 
 
 # --- the Kaggle CSV -------------------------------------------------------------------------------------
@@ -500,14 +495,11 @@ def make_synthetic(rows, seed=0):
 def write_csv(path, faces):
     """Write Faces in the Kaggle format (emotion,pixels,Usage), to a temporary name first."""
     as_text = np.array([str(value) for value in range(256)])
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = f"{path}.part"
-    with open(temporary, "w", newline="\n") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with replaced_atomically(path) as temporary, open(temporary, "w", newline="\n") as f:
         f.write(",".join(COLUMNS) + "\n")
         for image, label, usage in zip(faces.images, faces.labels, faces.usage):
             f.write(f"{label},{' '.join(as_text[image.ravel()])},{USAGES[usage]}\n")
-    os.replace(temporary, path)
 
 
 # --- command line ---------------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 
 import numpy as np
 
-from config import UserError, exit_on_user_error, load_config, native_stderr_held
+from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically, write_text
+from config import load_config
 import backends
 import data
 
@@ -23,9 +25,13 @@ with native_stderr_held():
 
 
 def load_checkpoint(path, weights=None):
-    """A model from a .keras file, or from a model.json plus its weights file."""
-    if not os.path.isfile(path):
+    """A model from a .keras file, a Keras .h5 file, or a model.json plus its weights file."""
+    if not os.path.exists(path):
         raise UserError(f"checkpoint {path} not found")
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint {path} is a folder, not a model file")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"checkpoint {path} is empty")
     if path.endswith(".json"):
         weights = weights or os.path.join(os.path.dirname(path), "model.weights.h5")
         if not os.path.isfile(weights):
@@ -36,11 +42,20 @@ def load_checkpoint(path, weights=None):
             model.load_weights(weights)
         except Exception as error:  # Keras raises many types for a foreign file
             raise UserError(f"{path} + {weights}: cannot be loaded as a Keras model: {_first_line(error)}") from None
-    else:
+    elif path.endswith(".keras"):
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path}: truncated or not a Keras file (a .keras file is a whole zip archive)")
         try:
             model = keras.saving.load_model(path, compile=False)
         except Exception as error:
-            raise UserError(f"{path}: not a loadable Keras model file: {_first_line(error)}") from None
+            raise UserError(f"{path}: not a loadable Keras model: {_first_line(error)}") from None
+    elif path.endswith(".h5"):
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as error:
+            raise UserError(f"{path}: not a loadable Keras model: {_first_line(error)}") from None
+    else:
+        raise UserError(f"{path}: not a model file (expected a .keras file, a Keras .h5 file or a model.json)")
     check_shapes(model, path)
     return model
 
@@ -109,16 +124,9 @@ def write_report(metrics, out_dir, checkpoint):
     os.makedirs(out_dir, exist_ok=True)
     json_name, png_name = report_names(checkpoint)
     json_path, png_path = os.path.join(out_dir, json_name), os.path.join(out_dir, png_name)
-    _atomic_write_text(json_path, json.dumps(metrics, indent=2) + "\n")
+    write_text(json_path, json.dumps(metrics, indent=2) + "\n")
     plot_confusion_matrix(metrics, png_path)
     return json_path, png_path
-
-
-def _atomic_write_text(path, text):
-    temporary = f"{path}.part"
-    with open(temporary, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(temporary, path)
 
 
 def plot_confusion_matrix(metrics, path):
@@ -140,10 +148,9 @@ def plot_confusion_matrix(metrics, path):
     axes.set_ylabel("true")
     axes.set_title(f"{metrics['split']}: accuracy {metrics['accuracy']:.4f} ({metrics['n']} images)")
     figure.tight_layout()
-    temporary = f"{path}.part.png"
-    figure.savefig(temporary, dpi=100)
+    with replaced_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def print_report(metrics):

@@ -8,7 +8,8 @@ Dense(7, softmax). `model.filters` and `model.dense` change the widths (the demo
 """
 import sys
 
-from config import DEFAULTS, native_stderr_held
+from common import native_stderr_held
+from config import DEFAULTS
 import data
 
 with native_stderr_held():

@@ -1,27 +1,50 @@
-"""Train the notebook's CNN on FER2013 and write a run directory.
+"""Train the notebook's CNN on FER2013 and write a run directory; resume it after any interruption.
 
     python train.py --config config.yaml [--set train.epochs=5 --set data.limit=2000 ...] [--no-evaluate]
     python train.py --config configs/demo.yaml      # synthetic faces, about a minute on a laptop CPU
+    python train.py --resume runs/<run>             # after Ctrl-C, a kill or a lost Colab runtime
 
-The run directory output.dir/<name>/ gets: config.yaml (resolved), best.keras (ModelCheckpoint), last.keras
-(the weights at the end, which the notebook scored), history.csv, curves.png, model.json +
-model.weights.h5 (the notebook's export), and the test-split scores of last.keras and best.keras.
+The run directory output.dir/<name>/ gets: config.yaml (resolved), environment.json (versions, devices),
+best.keras (ModelCheckpoint), last.keras (the weights at the end, which the notebook scored), history.csv,
+curves.png, model.json + model.weights.h5 (the notebook's export), the test-split scores of last.keras and
+best.keras, and state.json + state-*.weights.h5: what --resume continues from. Every file is written to a
+temporary name and renamed, so a kill at any instant leaves the previous good file in place.
 """
 import argparse
+import gc
+import glob
+import json
 import os
+import platform
+import shutil
+import signal
+import subprocess
 import sys
 import time
+from importlib import metadata
 
 import numpy as np
 
-from config import UserError, dump, exit_on_user_error, load_config, monitor_mode, monitor_name, native_stderr_held
 import backends
 import data
 import evaluate
+from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically, write_text
+from config import dump, load_config, monitor_mode, monitor_name
 from model import build_model
 
 with native_stderr_held():
     import keras
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STATE = "state.json"
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C or SIGTERM; the run directory holds what --resume needs."""
+
+    def __init__(self, run_dir, where, signal_number):
+        super().__init__(run_dir, where, signal_number)
+        self.run_dir, self.where, self.exit_status = run_dir, where, 128 + signal_number
 
 
 class Batches(keras.utils.PyDataset):
@@ -58,6 +81,94 @@ class Batches(keras.utils.PyDataset):
         self.order = self._order()
 
 
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras's ModelCheckpoint, writing to a temporary name that is renamed over the checkpoint once whole."""
+
+    def __init__(self, filepath, **kwargs):
+        self.final_path = filepath
+        folder, name = os.path.split(filepath)
+        super().__init__(os.path.join(folder, f"{name.partition('.')[0]}.writing.keras"), **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if os.path.exists(self.filepath):
+            os.replace(self.filepath, self.final_path)
+
+
+# What each callback must carry over a resume, beyond the model's and optimizer's variables.
+CALLBACK_STATE = {
+    keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+    keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
+    keras.callbacks.ModelCheckpoint: ("best",),
+}
+
+
+class RunState(keras.callbacks.Callback):
+    """After every epoch: the weights (with the optimizer's and the loss scale's state) and state.json (epochs
+    done, dropout's random state, the history so far, the other callbacks' counters), which --resume goes on from.
+
+    Weights alternate between two files and state.json, renamed into place last, names the one it goes with,
+    so a kill at any instant leaves a consistent pair. history.csv is rewritten whole from the state each
+    epoch, so it never misses or repeats an epoch. Keras's BackupAndRestore keeps weights and the epoch only,
+    written in place; this keeps the rest too.
+    """
+
+    def __init__(self, run_dir, callbacks, state=None):
+        super().__init__()
+        self.run_dir, self.callbacks = run_dir, callbacks
+        self.state = state or {"epochs_done": 0, "history": [], "callbacks": {}, "training_over": False}
+
+    def on_train_begin(self, logs=None):
+        # Runs after the other callbacks' on_train_begin, which reset their counters: put them back.
+        for index, callback in enumerate(self.callbacks):
+            for name, value in self.state["callbacks"].get(str(index), {}).items():
+                setattr(callback, name, value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        weights = f"state-{(epoch + 1) % 2}.weights.h5"
+        with replaced_atomically(os.path.join(self.run_dir, weights)) as temporary:
+            self.model.save_weights(temporary)
+        counters = {}
+        for index, callback in enumerate(self.callbacks):
+            names = next((names for kind, names in CALLBACK_STATE.items() if isinstance(callback, kind)), ())
+            counters[str(index)] = {name: _plain(getattr(callback, name)) for name in names}
+        self.state = {"epochs_done": epoch + 1, "weights": weights, "random": random_state(self.model),
+                      "history": self.state["history"] + [{"epoch": epoch, **{k: _plain(v) for k, v in logs.items()}}],
+                      "callbacks": counters, "training_over": bool(self.model.stop_training)}
+        write_history(self.run_dir, self.state["history"])
+        write_text(os.path.join(self.run_dir, STATE), json.dumps(self.state, indent=1))
+
+
+def _seed_generator_states(model):
+    # Dropout's random state: a model variable, but one that save_weights leaves out.
+    return [variable for variable in model.non_trainable_variables if "seed_generator" in variable.path]
+
+
+def random_state(model):
+    return [keras.ops.convert_to_numpy(variable).tolist() for variable in _seed_generator_states(model)]
+
+
+def restore_random_state(model, values):
+    for variable, value in zip(_seed_generator_states(model), values, strict=True):
+        variable.assign(np.array(value, dtype=keras.backend.standardize_dtype(variable.dtype)))
+
+
+def _plain(value):
+    """A JSON-friendly copy of a callback counter or a logged metric."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def write_history(run_dir, rows):
+    import pandas as pd
+
+    history = pd.DataFrame(rows)
+    history = history[["epoch"] + sorted(column for column in history.columns if column != "epoch")]
+    with replaced_atomically(os.path.join(run_dir, "history.csv")) as temporary:
+        history.to_csv(temporary, index=False)
+
+
 def prepare_data(config):
     """(train, validation, test) Faces for the config's data and protocol."""
     options = config["data"]
@@ -79,11 +190,15 @@ def prepare_data(config):
     return train, validation, test
 
 
-def new_run_dir(config, config_path):
+def plan_run_dir(config, config_path):
+    """output.dir/<name>: output.name, else <config name>-<date>-<time>; checked before anything is written."""
     output = config["output"]
     if output["name"]:
         run_dir = os.path.join(output["dir"], output["name"])
         if os.path.exists(run_dir):
+            if os.path.isfile(os.path.join(run_dir, STATE)) and not read_state(run_dir).get("finished"):
+                raise UserError(f"{run_dir} holds an unfinished run: continue it with python train.py --resume "
+                                f"{run_dir}, or choose another output.name")
             raise UserError(f"{run_dir} already exists: choose another output.name")
     else:
         stem = os.path.splitext(os.path.basename(config_path))[0] if config_path else "run"
@@ -92,31 +207,51 @@ def new_run_dir(config, config_path):
         while os.path.exists(run_dir):
             n += 1
             run_dir = f"{base}-{n}"
-    try:
-        os.makedirs(run_dir)
-    except OSError as error:
-        raise UserError(f"cannot create the run directory {run_dir}: {error.strerror}") from None
+    existing = os.path.abspath(run_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the run directory {run_dir}: {existing} is not a writable folder")
     return run_dir
 
 
-def make_callbacks(config, run_dir):
+def create_run_dir(run_dir):
+    try:
+        os.makedirs(run_dir)
+        probe = os.path.join(run_dir, ".writable")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as error:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(f"cannot write the run directory {run_dir}: {error.strerror}") from None
+    return run_dir
+
+
+def read_state(run_dir):
+    try:
+        with open(os.path.join(run_dir, STATE), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{run_dir}: not a resumable run ({STATE}: {getattr(error, 'strerror', None) or error})") from None
+
+
+def make_callbacks(config, run_dir, state=None):
     options = config["callbacks"]
     reduce_lr, stopping, checkpoint = options["reduce_lr"], options["early_stopping"], options["checkpoint"]
     callbacks = [
         keras.callbacks.ReduceLROnPlateau(monitor=monitor_name(reduce_lr["monitor"]), factor=reduce_lr["factor"],
                                           patience=reduce_lr["patience"], mode=monitor_mode(reduce_lr["monitor"]),
                                           verbose=1),
-        keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=monitor_name(checkpoint["monitor"]),
-                                        save_best_only=checkpoint["save_best_only"],
-                                        mode=monitor_mode(checkpoint["monitor"])),
+        AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=monitor_name(checkpoint["monitor"]),
+                              save_best_only=checkpoint["save_best_only"], mode=monitor_mode(checkpoint["monitor"])),
     ]
     if stopping["enabled"]:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor_name(stopping["monitor"]), min_delta=stopping["min_delta"],
             patience=stopping["patience"], mode=monitor_mode(stopping["monitor"]), verbose=1))
-    callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")))
     if config["output"]["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")))
+    callbacks.append(RunState(run_dir, list(callbacks), state))  # last: it saves what the others did
     return callbacks
 
 
@@ -138,18 +273,18 @@ def plot_curves(history_csv, path):
         ax.grid(alpha=0.3)
         ax.legend()
     figure.tight_layout()
-    temporary = f"{path}.part.png"
-    figure.savefig(temporary, dpi=100)
+    with replaced_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def save_exports(model, run_dir):
     """last.keras, and the notebook's own export: model.to_json() + the weights in HDF5."""
-    model.save(os.path.join(run_dir, "last.keras"))
-    with open(os.path.join(run_dir, "model.json"), "w", encoding="utf-8") as f:
-        f.write(model.to_json())
-    model.save_weights(os.path.join(run_dir, "model.weights.h5"))
+    with replaced_atomically(os.path.join(run_dir, "last.keras")) as temporary:
+        model.save(temporary)
+    write_text(os.path.join(run_dir, "model.json"), model.to_json())
+    with replaced_atomically(os.path.join(run_dir, "model.weights.h5")) as temporary:
+        model.save_weights(temporary)
 
 
 def score(run_dir, model, test):
@@ -171,8 +306,45 @@ def score(run_dir, model, test):
     return results
 
 
-def train(config, config_path=None, evaluate_after=True):
-    """Run one training as the config says; returns the run directory."""
+def environment(precision, why, model, distribution):
+    """What the run ran on: versions, devices and the choices made for them."""
+    versions = {}
+    for package in ("keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "pandas"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "-C", HERE, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": commit,
+            "python": platform.python_version(), "platform": platform.platform(), "versions": versions,
+            "backend": backends.backend(), "devices": backends.describe_devices(),
+            "precision": precision, "precision_reason": why, "jit_compile": bool(model.jit_compile),
+            "distribution": distribution.describe()}
+
+
+def record_environment(run_dir, current, resumed):
+    """environment.json: what the run started on, and each resume after it."""
+    path = os.path.join(run_dir, "environment.json")
+    if resumed and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        record.setdefault("resumes", []).append(current)
+    else:
+        record = current
+    write_text(path, json.dumps(record, indent=2))
+
+
+def train(config, config_path=None, evaluate_after=True, resume_dir=None):
+    """Run one training as the config says (or go on with the one in resume_dir); returns the run directory.
+
+    Raises Interrupted on Ctrl-C / SIGTERM once the last completed epoch is safe on disk.
+    """
+    state = read_state(resume_dir) if resume_dir else None
+    run_dir = resume_dir or plan_run_dir(config, config_path)
     train_faces, validation, test = prepare_data(config)
     options = config["train"]
     if options["seed"] is not None:
@@ -183,25 +355,132 @@ def train(config, config_path=None, evaluate_after=True):
     multiple = backends.batch_multiple()
     if options["batch_size"] % multiple:
         raise UserError(f"train.batch_size {options['batch_size']} cannot be split evenly over {multiple} devices")
-    run_dir = new_run_dir(config, config_path)
-    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(dump(config))
-    with distribution.scope():
-        model = build_model(config)
-    model.summary()
-    print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
-    print(f"precision {precision} ({why}), XLA {'on' if model.jit_compile else 'off'}, "
-          f"distribution {distribution.describe()}")
-    batches = dict(batch_size=options["batch_size"], multiple=multiple, workers=backends.prefetch_workers())
-    model.fit(Batches(train_faces, shuffle=options["shuffle"], seed=options["seed"], **batches),
-              validation_data=Batches(validation, **batches),
-              epochs=options["epochs"], callbacks=make_callbacks(config, run_dir), shuffle=False)
-    save_exports(model, run_dir)
-    plot_curves(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
-    if evaluate_after:
-        score(run_dir, model, test)
+    if not resume_dir:
+        create_run_dir(run_dir)
+    callbacks = []
+    stop_on_signal = StopOnSignal()
+    try:
+        with stop_on_signal:
+            with distribution.scope():
+                model = build_model(config)
+                if state:
+                    for leftover in glob.glob(os.path.join(run_dir, "*.writing*")):
+                        os.remove(leftover)
+                    model.optimizer.build(model.trainable_variables)
+                    model.load_weights(os.path.join(run_dir, state["weights"]))
+                    restore_random_state(model, state["random"])
+                    print(f"resuming {run_dir} after epoch {state['epochs_done']}")
+            write_text(os.path.join(run_dir, "config.yaml"), dump(config))
+            model.summary()
+            print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
+            print(f"precision {precision} ({why}), XLA {'on' if model.jit_compile else 'off'}, "
+                  f"distribution {distribution.describe()}")
+            record_environment(run_dir, environment(precision, why, model, distribution), resumed=bool(state))
+            callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state)
+            first_epoch = state["epochs_done"] if state else 0
+            if not (state and state["training_over"]) and first_epoch < options["epochs"]:
+                batches = dict(batch_size=options["batch_size"], multiple=multiple,
+                               workers=backends.prefetch_workers())
+                model.fit(Batches(train_faces, shuffle=options["shuffle"], seed=options["seed"], epoch=first_epoch,
+                                  **batches),
+                          validation_data=Batches(validation, **batches), epochs=options["epochs"],
+                          initial_epoch=first_epoch, callbacks=callbacks, shuffle=False)
+            save_exports(model, run_dir)
+            plot_curves(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
+            if evaluate_after:
+                score(run_dir, model, test)
+    except SignalInterrupt as interrupt:
+        epochs_done = _epochs_done(callbacks, state)
+        if epochs_done == 0 and not resume_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir = None
+        where = f"epoch {epochs_done + 1}" if epochs_done < options["epochs"] else "the end, while saving results"
+        raise Interrupted(run_dir, where, interrupt.signal_number) from None
+    except BaseException:
+        epochs_done = _epochs_done(callbacks, state)
+        if epochs_done == 0 and not resume_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            print(f"training failed after {epochs_done} complete epoch(s); {run_dir} keeps them: "
+                  f"python train.py --resume {run_dir}", file=sys.stderr)
+        raise
+    final_state = read_state(run_dir) if os.path.exists(os.path.join(run_dir, STATE)) else {}
+    write_text(os.path.join(run_dir, STATE), json.dumps({**final_state, "finished": True}, indent=1))
+    for backup in glob.glob(os.path.join(run_dir, "state-*.weights.h5")):
+        os.remove(backup)  # last.keras now holds the final weights
     print(f"run directory: {run_dir}")
     return run_dir
+
+
+def _epochs_done(callbacks, state):
+    run_state = next((callback for callback in callbacks if isinstance(callback, RunState)), None)
+    if run_state is not None:
+        return run_state.state["epochs_done"]
+    return state["epochs_done"] if state else 0
+
+
+class SignalInterrupt(BaseException):
+    def __init__(self, signal_number):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) and SIGTERM as SignalInterrupt, while the block it guards runs.
+
+    During fit the signal is only noted, and raised at the next batch's end: an exception raised straight from
+    a signal handler can land in a finalizer, which swallows it, and training would go on. A second signal,
+    or one outside fit, is raised at once.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.received, self.in_fit, self.previous = None, False, {}
+
+    def __enter__(self):
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[number] = signal.signal(number, self._note)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        return False
+
+    def _note(self, number, frame):
+        if self.in_fit and self.received is None:
+            self.received = number
+            return
+        raise SignalInterrupt(number)
+
+    def on_train_begin(self, logs=None):
+        self.in_fit = True
+
+    def on_train_end(self, logs=None):
+        self.in_fit = False
+
+    def _raise_if_received(self, *args, **kwargs):
+        if self.received is not None:
+            raise SignalInterrupt(self.received)
+
+    on_train_batch_end = on_test_batch_end = on_epoch_begin = _raise_if_received
+
+
+def resume(run_dir, overrides=(), evaluate_after=True):
+    """Go on with an interrupted run: its own config.yaml, plus --set train.epochs=N to train longer."""
+    if not os.path.isdir(run_dir):
+        raise UserError(f"{run_dir}: no such run directory")
+    state = read_state(run_dir)
+    if state.get("finished"):
+        raise UserError(f"{run_dir} finished all its epochs: there is nothing to resume")
+    for item in overrides:
+        if item.partition("=")[0].strip() != "train.epochs":
+            raise UserError(f"--resume takes only --set train.epochs=N (a run's other settings are fixed), got {item!r}")
+    config = load_config(os.path.join(run_dir, "config.yaml"), overrides)
+    return train(config, evaluate_after=evaluate_after, resume_dir=run_dir)
 
 
 @exit_on_user_error
@@ -210,10 +489,28 @@ def main(argv=None):
     parser.add_argument("--config", default="config.yaml", help="YAML config (default: config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last complete epoch")
     parser.add_argument("--no-evaluate", action="store_true", help="skip scoring on the test split at the end")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.set)
-    train(config, args.config, evaluate_after=not args.no_evaluate)
+    try:
+        if args.resume:
+            resume(args.resume, args.set, evaluate_after=not args.no_evaluate)
+        else:
+            train(load_config(args.config, args.set), args.config, evaluate_after=not args.no_evaluate)
+    except Interrupted as interrupted:
+        if interrupted.run_dir is None:
+            print(f"\ninterrupted at {interrupted.where}, before any epoch was complete: nothing was kept",
+                  file=sys.stderr)
+        else:
+            print(f"\ninterrupted at {interrupted.where}; resume with: python train.py --resume "
+                  f"{interrupted.run_dir}", file=sys.stderr)
+        status = interrupted.exit_status
+        del interrupted
+        gc.collect()  # finalize the data pipeline's iterators while Python can still run their clean-up
+        return status
+    except KeyboardInterrupt:  # before training started: nothing was written yet
+        print("\ninterrupted before training started", file=sys.stderr)
+        return 130
     return 0
 
 

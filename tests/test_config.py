@@ -1,6 +1,7 @@
 import pytest
 
-from config import DEFAULTS, UserError, flatten, load_config, monitor_mode, monitor_name
+from common import UserError
+from config import DEFAULTS, flatten, load_config, monitor_mode, monitor_name
 from conftest import ROOT, assert_user_error, run_script
 
 
@@ -97,11 +98,16 @@ def test_yaml_syntax_error_gives_its_line(tmp_path):
         load_config(path)
 
 
-def test_bad_config_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+def test_bad_config_on_the_command_line_is_one_line_and_exit_2(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 0\n")
     runs = tmp_path / "runs"
     assert_user_error(run_script("train.py", "--config", path, "--set", f"output.dir={runs}"),
                       "'train.epochs' must be > 0")
     assert not runs.exists()
-    assert_user_error(run_script("train.py", "--config", tmp_path / "missing.yaml"), "missing.yaml", "not found")
+    import train
+
+    with pytest.raises(SystemExit) as exited:
+        train.main(["--config", str(tmp_path / "missing.yaml")])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: config file {tmp_path / 'missing.yaml'} not found"

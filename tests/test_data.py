@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import data
-from config import UserError
+from common import UserError
 from conftest import assert_user_error, make_rows, pixel_text, run_script, write_rows
 
 USAGE_ORDER = ["Training", "PrivateTest", "Training", "PublicTest", "PrivateTest", "Training", "PublicTest"]

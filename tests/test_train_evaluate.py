@@ -2,13 +2,14 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 import data
 import evaluate
 import train
 from config import load_config
-from conftest import ROOT, assert_user_error, run_script
+from conftest import ROOT, run_script
 
 RUN_FILES = {"config.yaml", "best.keras", "last.keras", "history.csv", "curves.png", "model.json",
              "model.weights.h5", "metrics.json", "confusion_matrix.png", "metrics-last.json",
@@ -77,31 +78,24 @@ def test_evaluate_matches_an_independent_computation(trained_run, synthetic_csv,
 
 def test_evaluate_reads_the_model_json_export_and_another_split(trained_run, tmp_path):
     run_dir, _ = trained_run
-    result = run_script("evaluate.py", "--checkpoint", run_dir / "model.json", "--split", "PublicTest",
-                        "--out", tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert evaluate.main(["--checkpoint", str(run_dir / "model.json"), "--split", "PublicTest",
+                          "--out", str(tmp_path)]) == 0
     from_json = json.loads((tmp_path / "metrics-model.json").read_text())
-    final = json.loads((run_dir / "metrics-last.json").read_text())
     assert from_json["split"] == "PublicTest" and from_json["n"] == 200
     # model.json + model.weights.h5 hold the final weights: the same predictions as last.keras.
-    last = run_script("evaluate.py", "--checkpoint", run_dir / "last.keras", "--split", "PublicTest", "--out", tmp_path)
-    assert last.returncode == 0
+    assert evaluate.main(["--checkpoint", str(run_dir / "last.keras"), "--split", "PublicTest",
+                          "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "metrics-last.json").read_text())["confusion_matrix"] == from_json["confusion_matrix"]
-    assert final["split"] == "PrivateTest"
 
 
-def test_missing_dataset_says_where_to_get_fer2013(tmp_path):
-    result = run_script("train.py", "--config", "config.yaml", "--set", f"data.path={tmp_path}/fer2013.csv",
-                        "--set", f"output.dir={tmp_path}/runs")
-    assert_user_error(result, f"{tmp_path}/fer2013.csv", "kaggle.com", "fer2013")
-    assert not (tmp_path / "runs").exists()
-
-
-def test_evaluate_bad_checkpoints_are_one_line_errors(tmp_path, synthetic_csv):
-    assert_user_error(run_script("evaluate.py", "--checkpoint", tmp_path / "none.keras"), "none.keras", "not found")
-    (tmp_path / "junk.keras").write_text("not a model")
-    assert_user_error(run_script("evaluate.py", "--checkpoint", tmp_path / "junk.keras", "--data", synthetic_csv),
-                      "junk.keras", "not a loadable Keras model")
+def test_missing_dataset_says_where_to_get_fer2013(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        train.main(["--config", "config.yaml", "--set", f"data.path={tmp_path}/fer2013.csv",
+                    "--set", f"output.dir={tmp_path}/runs"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: no dataset at") and "kaggle.com" in error and "\n" not in error
+    assert f"{tmp_path}/fer2013.csv" in error and not (tmp_path / "runs").exists()
 
 
 def test_batches_feed_float_faces_and_one_hot_labels(synthetic_csv):

@@ -1,0 +1,72 @@
+"""Small helpers that several scripts share: one-line user errors, quiet imports, files written atomically."""
+import contextlib
+import functools
+import os
+import sys
+import tempfile
+
+
+class UserError(Exception):
+    """Something the user supplied is wrong (file, config, checkpoint): reported in one line, exit status 2."""
+
+
+def exit_on_user_error(main):
+    """Run a script's main so that a UserError prints one line (no traceback) and exits with status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def native_stderr_held():
+    """Hold back what native code writes to stderr inside the block, replaying it only if the block fails.
+
+    TensorFlow 2.21 prints C++ log lines at import time that no setting silences (TF_CPP_MIN_LOG_LEVEL
+    included); around `import keras` this keeps a user's one-line error one line.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+@contextlib.contextmanager
+def replaced_atomically(path):
+    """Yield a temporary name beside `path` (same extension, which Keras and matplotlib read) to write to,
+    and rename it over `path` only when the block succeeds: a kill at any instant leaves the old file whole.
+    Temporary names (NAME.writing-PID.EXT) are this process's own, so concurrent writers never mix."""
+    folder, name = os.path.split(os.fspath(path))
+    first, dot, rest = name.partition(".")
+    temporary = os.path.join(folder, f"{first}.writing-{os.getpid()}{dot}{rest}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+
+
+def write_text(path, text):
+    """Write a text file atomically."""
+    with replaced_atomically(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
+        f.write(text)

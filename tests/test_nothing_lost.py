@@ -1,0 +1,183 @@
+"""Issue 4: resumable training, atomic checkpoints, reproducible runs, clear errors for bad checkpoints and output."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import evaluate
+import train
+from common import UserError
+from config import load_config
+from conftest import ROOT, assert_user_error, run_script
+
+SHORT = ["--config", "configs/demo.yaml", "--set", "data.limit=300", "--set", "train.epochs=3", "--no-evaluate"]
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, process, timeout=300):
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def epochs_done(run_dir):
+    try:
+        return json.loads((run_dir / "state.json").read_text())["epochs_done"]
+    except (OSError, ValueError):
+        return 0
+
+
+def weights(path):
+    import keras
+
+    return keras.saving.load_model(path).get_weights()
+
+
+@pytest.fixture(scope="module")
+def short_data(synthetic_csv):
+    return ["--set", f"data.path={synthetic_csv}"]
+
+
+def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, short_data):
+    whole = run_script("train.py", *SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run_dir = tmp_path / "broken"
+    # Ctrl-C during epoch 2: exit 130, the resume command, and epoch 1 kept.
+    process = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=broken")
+    wait_for(lambda: epochs_done(run_dir) == 1, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert f"interrupted at epoch 2; resume with: python train.py --resume {run_dir}" in stderr
+    assert "Traceback" not in stderr
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0]
+
+    # kill -9 in the middle of epoch 3 of the resumed run: nothing can run at exit, state is what was on disk.
+    process = start("--resume", run_dir, "--no-evaluate")
+    wait_for(lambda: epochs_done(run_dir) == 2, process)
+    time.sleep(0.3)
+    process.kill()
+    process.communicate(timeout=60)
+    assert epochs_done(run_dir) in (2, 3)
+
+    final = run_script("train.py", "--resume", run_dir, "--no-evaluate")
+    assert final.returncode == 0, final.stderr[-3000:]
+    # Same seed: the same history, to the last digit, and the same final weights, bit for bit (CPU, TensorFlow's
+    # op determinism; the batches of epoch e depend on (seed, e) only, dropout's random state is restored).
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2]
+    assert (run_dir / "history.csv").read_text() == (tmp_path / "whole" / "history.csv").read_text()
+    for a, b in zip(weights(run_dir / "last.keras"), weights(tmp_path / "whole" / "last.keras")):
+        np.testing.assert_array_equal(a, b)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["finished"] is True and not list(run_dir.glob("state-*.weights.h5"))
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert environment["versions"]["keras"] and environment["devices"] and len(environment["resumes"]) == 2
+    again = run_script("train.py", "--resume", run_dir)
+    assert_user_error(again, str(run_dir), "nothing to resume")
+
+
+def test_sigterm_before_the_first_epoch_keeps_nothing(tmp_path, short_data):
+    process = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=early")
+    wait_for(lambda: (tmp_path / "early" / "config.yaml").exists(), process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert "before any epoch was complete: nothing was kept" in stderr
+    assert not (tmp_path / "early").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_kill_while_best_keras_is_written_leaves_the_previous_one(tmp_path, short_data):
+    # A wide dense layer makes the checkpoint large enough (about 80 MB with Adam's state) that its writing
+    # can be caught in the act; every epoch writes it.
+    run_dir = tmp_path / "big"
+    process = start(*SHORT, *short_data, "--set", "model.dense=[8192]", "--set", "data.limit=100",
+                    "--set", "callbacks.checkpoint.save_best_only=false",
+                    "--set", f"output.dir={tmp_path}", "--set", "output.name=big")
+    wait_for(lambda: epochs_done(run_dir) == 1, process)
+    previous = weights(run_dir / "best.keras")
+    wait_for(lambda: (run_dir / "best.writing.keras").exists(), process)
+    process.kill()
+    process.communicate(timeout=60)
+    assert (run_dir / "best.writing.keras").exists()  # caught mid-write
+    for a, b in zip(weights(run_dir / "best.keras"), previous):  # the previous checkpoint, whole
+        np.testing.assert_array_equal(a, b)
+    assert epochs_done(run_dir) == 1
+    resumed = run_script("train.py", "--resume", run_dir, "--no-evaluate")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not list(run_dir.glob("*.writing*"))
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1, 2]
+
+
+def test_output_errors_change_nothing_on_disk(tmp_path, synthetic_csv):
+    config = load_config(ROOT / "configs" / "demo.yaml", [f"data.path={synthetic_csv}", f"output.dir={tmp_path}",
+                                                          "output.name=taken"])
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(UserError, match="taken already exists: choose another output.name"):
+        train.train(config)
+    (tmp_path / "taken" / "state.json").write_text(json.dumps({"epochs_done": 2}))
+    with pytest.raises(UserError, match="holds an unfinished run: continue it with python train.py --resume"):
+        train.train(config)
+    (tmp_path / "taken" / "state.json").unlink()
+    assert sorted(tmp_path.rglob("*")) == before
+    with pytest.raises(UserError, match="no such run directory"):
+        train.resume(str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="not a resumable run"):
+        train.resume(str(tmp_path / "taken"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config["output"].update(dir=str(blocker / "runs"), name=None)
+    result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
+                        "--set", f"output.dir={blocker}/runs")
+    assert_user_error(result, "cannot write the run directory", str(blocker))
+    assert set(tmp_path.rglob("*")) == set(before) | {blocker}
+
+
+def test_resume_takes_only_more_epochs(tmp_path):
+    (tmp_path / "state.json").write_text(json.dumps({"epochs_done": 1}))
+    with pytest.raises(UserError, match="--resume takes only --set train.epochs=N"):
+        train.resume(str(tmp_path), ["train.learning_rate=0.1"])
+
+
+def test_bad_checkpoints_get_one_line(tmp_path, trained_run):
+    import keras
+
+    run_dir, _ = trained_run
+    whole = (run_dir / "best.keras").read_bytes()
+    (tmp_path / "empty.keras").write_bytes(b"")
+    (tmp_path / "truncated.keras").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "text.keras").write_text("not a model")
+    (tmp_path / "weights.txt").write_text("not a model")
+    keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Flatten(),
+                      keras.layers.Dense(7, activation="softmax")]).save(tmp_path / "small-input.keras")
+    keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(),
+                      keras.layers.Dense(5, activation="softmax")]).save(tmp_path / "five-classes.keras")
+    cases = {
+        "missing.keras": "not found", "empty.keras": "is empty",
+        "truncated.keras": "truncated or not a Keras file", "text.keras": "truncated or not a Keras file",
+        "weights.txt": "not a model file", "small-input.keras": "inputs of shape (32, 32, 1), expected (48, 48, 1)",
+        "five-classes.keras": "outputs shape (5,), expected (7,)",
+    }
+    for name, fragment in cases.items():
+        with pytest.raises(UserError) as caught:
+            evaluate.load_checkpoint(str(tmp_path / name))
+        assert name in str(caught.value) and fragment in str(caught.value), (name, str(caught.value))
+    before = sorted(tmp_path.rglob("*"))
+    assert_user_error(run_script("evaluate.py", "--checkpoint", tmp_path / "truncated.keras"),
+                      "truncated.keras", "truncated or not a Keras file")
+    assert sorted(tmp_path.rglob("*")) == before
