@@ -2,6 +2,7 @@
 
     python data.py PATH                               # images per Usage x emotion
     python data.py --synthetic OUT.csv --rows 3000    # a synthetic FER-format CSV (not FER2013!)
+    python data.py --download [--dest data/]          # FER2013 from Kaggle into data/fer2013.csv
 
 Images are kept as uint8 (N, 48, 48) until a batch is formed; `load_data` alone returns the notebook's
 float32 arrays. Parsing is vectorized with numpy over blocks of rows, never a Python loop over pixels.
@@ -11,7 +12,9 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tarfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -502,6 +505,92 @@ def write_csv(path, faces):
             f.write(f"{label},{' '.join(as_text[image.ravel()])},{USAGES[usage]}\n")
 
 
+# --- download -------------------------------------------------------------------------------------------
+
+COMPETITION = "challenges-in-representation-learning-facial-expression-recognition-challenge"
+FOLDER_RELEASE = "msambare/fer2013"  # the public image-folder release on Kaggle
+
+
+def download(dest="data", source="auto"):
+    """Put FER2013 at dest/fer2013.csv through kagglehub.
+
+    source "competition": the competition's own fer2013.csv (needs Kaggle credentials, KAGGLE_USERNAME and
+    KAGGLE_KEY or ~/.kaggle/kaggle.json, and the competition's rules accepted on its page). "folders", or any
+    Kaggle dataset handle: the image-folder release, converted to the Kaggle CSV (its Usage blocks sorted by
+    file name, having no row order of their own). "auto": the competition when credentials are set, else the
+    folders. Nothing is downloaded when dest/fer2013.csv exists already.
+    """
+    target = os.path.join(dest, "fer2013.csv")
+    if os.path.exists(target):
+        print(f"{target} is there already; delete it to download again")
+        return target
+    try:
+        import kagglehub
+        from kagglehub.config import get_kaggle_credentials
+    except ImportError:
+        raise UserError("the download needs kagglehub: pip install kagglehub") from None
+    if source == "auto":
+        source = "competition" if get_kaggle_credentials() else "folders"
+    handle = FOLDER_RELEASE if source == "folders" else source
+    try:
+        if source == "competition":
+            found = _competition_csv(kagglehub.competition_download(COMPETITION), dest)
+            os.makedirs(dest, exist_ok=True)
+            with replaced_atomically(target) as temporary:
+                shutil.copyfile(found, temporary)
+        else:
+            faces = read_folders(_release_root(kagglehub.dataset_download(handle)))
+            write_csv(target, faces)
+    except UserError:
+        raise
+    except Exception as error:  # kagglehub raises requests', its own and OS errors alike
+        raise UserError(f"could not download {'the competition files' if source == 'competition' else handle}: "
+                        f"{_download_problem(error)}; or download fer2013.csv by hand from {FER2013_URL} and put it "
+                        f"at {target}") from None
+    print(f"wrote {target} ({'the competition file' if source == 'competition' else handle + ', converted'})")
+    return target
+
+
+def _download_problem(error):
+    import requests
+    from kagglehub.exceptions import UnauthenticatedError
+
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return "cannot reach Kaggle (offline?)"
+    if isinstance(error, UnauthenticatedError):
+        return ("Kaggle credentials are needed (KAGGLE_USERNAME and KAGGLE_KEY, or ~/.kaggle/kaggle.json), "
+                "with the competition's rules accepted on its page")
+    text = " ".join(str(error).split()) or error.__class__.__name__
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _competition_csv(path, dest):
+    """fer2013.csv from the competition files: as it is, inside fer2013.tar.gz, or as icml_face_data.csv."""
+    for folder, _, files in os.walk(path):
+        if "fer2013.csv" in files:
+            return os.path.join(folder, "fer2013.csv")
+    for folder, _, files in os.walk(path):
+        if "fer2013.tar.gz" in files:
+            with tarfile.open(os.path.join(folder, "fer2013.tar.gz")) as archive:
+                member = next((m for m in archive.getmembers() if m.name.endswith("fer2013.csv")), None)
+                if member is not None:
+                    os.makedirs(dest, exist_ok=True)
+                    extracted = os.path.join(dest, "fer2013.extracting.csv")
+                    with archive.extractfile(member) as source, open(extracted, "wb") as out:
+                        shutil.copyfileobj(source, out)
+                    return extracted
+        if "icml_face_data.csv" in files:
+            return os.path.join(folder, "icml_face_data.csv")
+    raise UserError(f"{path}: the competition files hold no fer2013.csv")
+
+
+def _release_root(path):
+    for folder, subfolders, _ in os.walk(path):
+        if "train" in subfolders and "test" in subfolders:
+            return folder
+    raise UserError(f"{path}: no train/ and test/ folders in the downloaded release")
+
+
 # --- command line ---------------------------------------------------------------------------------------
 
 @exit_on_user_error
@@ -512,7 +601,14 @@ def main(argv=None):
     parser.add_argument("--synthetic", metavar="OUT.csv", help="write a synthetic FER-format CSV")
     parser.add_argument("--rows", type=int, default=3000, help="rows of the synthetic CSV (default 3000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic CSV (default 0)")
+    parser.add_argument("--download", action="store_true", help="fetch FER2013 into DEST/fer2013.csv (kagglehub)")
+    parser.add_argument("--dest", default="data", help="--download's folder (default data/)")
+    parser.add_argument("--source", default="auto",
+                        help="--download from: auto, competition, folders, or a Kaggle dataset handle (default auto)")
     args = parser.parse_args(argv)
+    if args.download:
+        download(args.dest, args.source)
+        return 0
     if args.synthetic:
         if args.rows <= 0:
             raise UserError(f"--rows must be positive, got {args.rows}")
