@@ -42,6 +42,7 @@ DEFAULTS = {
         "checkpoint": {"monitor": "val_loss", "save_best_only": True},
     },
     "output": {"dir": "runs", "name": None, "tensorboard": False},
+    "predict": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "margin": 0.1},
 }
 
 # Keys whose values are not of their default's type: null and what else they take.
@@ -226,6 +227,10 @@ def validate(config):
         require(get_key(config, key) >= 0, key, "must be >= 0")
     require(0 < config["callbacks"]["reduce_lr"]["factor"] < 1, "callbacks.reduce_lr.factor", "must be between 0 and 1")
     require(config["callbacks"]["early_stopping"]["min_delta"] >= 0, "callbacks.early_stopping.min_delta", "must be >= 0")
+    require(config["predict"]["scale_factor"] > 1, "predict.scale_factor", "must be > 1")
+    require(config["predict"]["min_neighbors"] >= 0, "predict.min_neighbors", "must be >= 0")
+    require(config["predict"]["min_size"] > 0, "predict.min_size", "must be > 0")
+    require(0 <= config["predict"]["margin"] <= 1, "predict.margin", "must be in [0, 1]")
     jit_compile = config["train"]["jit_compile"]
     require(jit_compile == "auto" or isinstance(jit_compile, bool), "train.jit_compile", "must be auto, true or false")
     require(config["data"]["cache_dir"] is None or config["data"]["cache_dir"].strip() != "", "data.cache_dir",

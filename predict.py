@@ -1,0 +1,282 @@
+"""Emotions of the faces in photos, folders of photos, videos, or a webcam.
+
+    python predict.py --checkpoint runs/<run>/best.keras photo.jpg more/ clip.mp4 [--out predictions/]
+    python predict.py --checkpoint runs/<run>/best.keras --no-detect faces48/     # already-cropped faces
+    python predict.py --checkpoint runs/<run>/best.keras --webcam [0]             # live window, q quits
+
+Faces are found with OpenCV's Haar cascade (the one inside the opencv package), each box widened by
+predict.margin, cut from the grayscale image and resized to 48x48 with cv2.resize, then / 255 as in training:
+the 2018 notebook's live demo used np.resize on the raw array instead, which repeats or truncates pixels and
+swaps width and height. Writes an annotated copy of each image and video (a box, the top emotion and its
+probability per face) and predictions.jsonl (one line per face: source, frame for videos, box, the seven
+probabilities, top emotion). Exit status 1 when some input could not be read, 2 for a bad checkpoint or option.
+"""
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+
+import numpy as np
+
+import data
+import evaluate
+from common import UserError, exit_on_user_error, replaced_atomically
+from config import load_config
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+BOX_COLOUR = (0, 200, 255)  # BGR
+
+
+def import_cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise UserError("predict.py needs OpenCV: pip install 'opencv-python-headless<5' (or opencv-python for "
+                        "the --webcam window)") from None
+    return cv2
+
+
+class FaceFinder:
+    """OpenCV's frontal-face Haar cascade with the config's predict settings."""
+
+    def __init__(self, options):
+        cv2 = import_cv2()
+        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise UserError(f"OpenCV could not load its face detector {path}")
+        self.options = options
+
+    def __call__(self, gray):
+        """[(x, y, w, h)] of the faces in a grayscale image, left to right."""
+        min_size = self.options["min_size"]
+        boxes = self.cascade.detectMultiScale(gray, scaleFactor=self.options["scale_factor"],
+                                              minNeighbors=self.options["min_neighbors"], minSize=(min_size, min_size))
+        return sorted((tuple(int(v) for v in box) for box in boxes), key=lambda box: box[0])
+
+
+def crop_face(gray, box, margin=0.0):
+    """The 48x48 face the model sees: the box widened by `margin` of its size on each side (clipped to the
+    image), resized with cv2.resize. Rows are y and columns x: gray[y:y+h, x:x+w]."""
+    cv2 = import_cv2()
+    x, y, w, h = box
+    dx, dy = int(round(w * margin)), int(round(h * margin))
+    top, bottom = max(0, y - dy), min(gray.shape[0], y + h + dy)
+    left, right = max(0, x - dx), min(gray.shape[1], x + w + dx)
+    return cv2.resize(gray[top:bottom, left:right], (data.SIZE, data.SIZE), interpolation=cv2.INTER_AREA)
+
+
+def to_gray(image):
+    cv2 = import_cv2()
+    if image.ndim == 2:
+        return image
+    code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+    return cv2.cvtColor(image, code)
+
+
+class Predictor:
+    """Faces of one frame -> probabilities, annotations and records."""
+
+    def __init__(self, model, finder, margin, detect=True):
+        self.model, self.finder, self.margin, self.detect = model, finder, margin, detect
+
+    def frame(self, image):
+        """(boxes, probabilities (n, 7)) for one BGR or grayscale frame; with detect off the whole frame is one face."""
+        gray = to_gray(image)
+        if self.detect:
+            boxes = self.finder(gray)
+        else:
+            boxes = [(0, 0, gray.shape[1], gray.shape[0])]
+        if not boxes:
+            return [], np.zeros((0, len(data.EMOTIONS)), np.float32)
+        margin = self.margin if self.detect else 0.0
+        faces = np.stack([crop_face(gray, box, margin) for box in boxes])
+        return boxes, evaluate.predict_probabilities(self.model, faces)
+
+    @staticmethod
+    def annotate(image, boxes, probabilities):
+        cv2 = import_cv2()
+        annotated = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        scale = max(0.4, min(annotated.shape[:2]) / 600)
+        for (x, y, w, h), row in zip(boxes, probabilities):
+            top = int(row.argmax())
+            cv2.rectangle(annotated, (x, y), (x + w, y + h), BOX_COLOUR, max(1, int(2 * scale)))
+            label = f"{data.EMOTIONS[top]} {row[top]:.2f}"
+            cv2.putText(annotated, label, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, BOX_COLOUR,
+                        max(1, int(2 * scale)), cv2.LINE_AA)
+        return annotated
+
+    @staticmethod
+    def records(source, boxes, probabilities, frame=None):
+        for box, row in zip(boxes, probabilities):
+            top = int(row.argmax())
+            record = {"source": source}
+            if frame is not None:
+                record["frame"] = frame
+            record.update(box=[int(v) for v in box],
+                          probabilities={name: round(float(p), 6) for name, p in zip(data.EMOTIONS, row)},
+                          emotion=data.EMOTIONS[top], probability=round(float(row[top]), 6))
+            yield record
+
+
+def expand_inputs(inputs):
+    """Files in the order given; a folder gives its images and videos, sorted, recursively."""
+    for item in inputs:
+        if os.path.isdir(item):
+            for folder, subfolders, files in os.walk(item):
+                subfolders.sort()
+                for name in sorted(files):
+                    if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+                        yield os.path.join(folder, name)
+        else:
+            yield item
+
+
+def output_name(path, used, extension=None):
+    stem, original = os.path.splitext(os.path.basename(path))
+    name = stem + (extension or original)
+    n = 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}{extension or original}"
+    used.add(name)
+    return name
+
+
+def predict_image(predictor, path, out_dir, used, write):
+    cv2 = import_cv2()
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise OSError("not a readable image")
+    if image.dtype != np.uint8:  # 16-bit PNG or TIFF
+        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    boxes, probabilities = predictor.frame(image)
+    for record in predictor.records(path, boxes, probabilities):
+        write(record)
+    name = output_name(path, used)
+    if not cv2.imwrite(os.path.join(out_dir, name), predictor.annotate(image, boxes, probabilities)):
+        cv2.imwrite(os.path.join(out_dir, output_name(name, used, ".png")), predictor.annotate(image, boxes, probabilities))
+    tops = [f"{data.EMOTIONS[int(row.argmax())]} ({row.max():.2f})" for row in probabilities]
+    if predictor.detect:
+        return f"{len(boxes)} face{'s' if len(boxes) != 1 else ''}" + (f": {', '.join(tops)}" if tops else "")
+    return tops[0]
+
+
+def predict_video(predictor, path, out_dir, used, write):
+    cv2 = import_cv2()
+    import keras
+
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise OSError("not a readable video")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    progress = keras.utils.Progbar(total, unit_name="frame") if total else None
+    writer, frames, with_faces, emotions = None, 0, 0, Counter()
+    try:
+        while True:
+            ok, image = capture.read()
+            if not ok:
+                break
+            boxes, probabilities = predictor.frame(image)
+            for record in predictor.records(path, boxes, probabilities, frame=frames):
+                write(record)
+                emotions[record["emotion"]] += 1
+            with_faces += bool(boxes)
+            if writer is None:
+                name = output_name(path, used, ".mp4")
+                writer = cv2.VideoWriter(os.path.join(out_dir, name), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                         (image.shape[1], image.shape[0]))
+            writer.write(predictor.annotate(image, boxes, probabilities))
+            frames += 1
+            if progress is not None:
+                progress.update(min(frames, total))
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if frames == 0:
+        raise OSError("no frames could be read")
+    common = ", ".join(f"{name} {count}" for name, count in emotions.most_common(3))
+    return f"{frames} frames, faces in {with_faces}" + (f" (most seen: {common})" if common else "")
+
+
+def run_webcam(predictor, camera):
+    cv2 = import_cv2()
+    capture = cv2.VideoCapture(camera)
+    if not capture.isOpened():
+        raise UserError(f"cannot open camera {camera}")
+    try:
+        cv2.namedWindow("fer2013-keras (q quits)")
+    except cv2.error:
+        capture.release()
+        raise UserError("no window can be opened: --webcam needs a display and the full OpenCV "
+                        "(pip install 'opencv-python<5' in place of opencv-python-headless)") from None
+    try:
+        while True:
+            ok, image = capture.read()
+            if not ok:
+                raise UserError(f"camera {camera} stopped giving frames")
+            boxes, probabilities = predictor.frame(image)
+            cv2.imshow("fer2013-keras (q quits)", predictor.annotate(image, boxes, probabilities))
+            if cv2.waitKey(1) & 0xFF == ord("q"):
+                break
+    finally:
+        capture.release()
+        cv2.destroyAllWindows()
+
+
+def settings_for(checkpoint, overrides):
+    """predict.* from the run's config.yaml beside the checkpoint (else the defaults), then --set."""
+    run_config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yaml")
+    return load_config(run_config if os.path.isfile(run_config) else None, overrides)["predict"]
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="*", help="image files, folders of images, video files")
+    parser.add_argument("--checkpoint", required=True, help="a .keras file, or a model.json (with --weights)")
+    parser.add_argument("--weights", help="weights for a model.json")
+    parser.add_argument("--out", default="predictions", help="folder for annotated copies and predictions.jsonl")
+    parser.add_argument("--no-detect", action="store_true", help="each input is one already-cropped face")
+    parser.add_argument("--webcam", nargs="?", const=0, type=int, metavar="N", help="live window from camera N")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="e.g. --set predict.min_neighbors=3 --set predict.margin=0.2")
+    args = parser.parse_args(argv)
+    if not args.inputs and args.webcam is None:
+        raise UserError("give images, folders or videos to predict on, or --webcam")
+    settings = settings_for(args.checkpoint, args.set)
+    model = evaluate.load_checkpoint(args.checkpoint, args.weights)
+    predictor = Predictor(model, FaceFinder(settings), settings["margin"], detect=not args.no_detect)
+    if args.webcam is not None:
+        run_webcam(predictor, args.webcam)
+        return 0
+    files = list(expand_inputs(args.inputs))
+    if not files:
+        raise UserError(f"no images or videos in {', '.join(args.inputs)}")
+    os.makedirs(args.out, exist_ok=True)
+    used, failed = set(), 0
+    with replaced_atomically(os.path.join(args.out, "predictions.jsonl")) as temporary, \
+            open(temporary, "w", encoding="utf-8") as jsonl:
+        def write(record):
+            jsonl.write(json.dumps(record) + "\n")
+
+        for number, path in enumerate(files, start=1):
+            try:
+                video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+                summary = (predict_video if video else predict_image)(predictor, path, args.out, used, write)
+                print(f"[{number}/{len(files)}] {path}: {summary}")
+            except (OSError, ValueError) as error:
+                failed += 1
+                print(f"error: {path}: {error}", file=sys.stderr)
+    print(f"{len(files) - failed} of {len(files)} inputs done; annotated copies and predictions.jsonl in {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

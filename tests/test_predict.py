@@ -1,0 +1,154 @@
+"""Issue 7: predict.py on a real photograph (scikit-image's public-domain astronaut), a video made from it,
+already-cropped 48x48 faces, the crop itself, bad files, and a webcam without a display."""
+import json
+
+import numpy as np
+import pytest
+
+import data
+import evaluate
+import predict
+from conftest import run_script
+
+cv2 = pytest.importorskip("cv2")
+skimage_data = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    cv2.imwrite(str(path), cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_a_photo_gets_its_face_found_scored_and_annotated(trained_run, astronaut, tmp_path):
+    run_dir, _ = trained_run
+    result = run_script("predict.py", "--checkpoint", run_dir / "best.keras", astronaut, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = _records(tmp_path)
+    assert len(records) >= 1 and {r["source"] for r in records} == {str(astronaut)}
+    height, width = cv2.imread(str(astronaut)).shape[:2]
+    for record in records:
+        probabilities = record["probabilities"]
+        assert list(probabilities) == list(data.EMOTIONS)
+        assert abs(sum(probabilities.values()) - 1) < 1e-4
+        assert record["emotion"] == max(probabilities, key=probabilities.get)
+        x, y, w, h = record["box"]
+        assert 0 <= x < x + w <= width and 0 <= y < y + h <= height and w >= 30
+    annotated = cv2.imread(str(tmp_path / "astronaut.png"))
+    assert annotated.shape == (height, width, 3)
+    assert not np.array_equal(annotated, cv2.imread(str(astronaut)))  # boxes and labels drawn
+    assert f"[1/1] {astronaut}: {len(records)} face" in result.stdout
+
+
+def test_a_video_gets_one_record_per_frame_with_a_face(trained_run, astronaut, tmp_path):
+    run_dir, _ = trained_run
+    photo = cv2.resize(cv2.imread(str(astronaut)), (256, 256), interpolation=cv2.INTER_AREA)
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (256, 256))
+    for shift in range(6):  # the face drifts a few pixels a frame
+        writer.write(np.roll(photo, 3 * shift, axis=1))
+    writer.release()
+    out = tmp_path / "out"
+    assert predict.main(["--checkpoint", str(run_dir / "best.keras"), str(video), "--out", str(out)]) == 0
+    records = _records(out)
+    assert sorted(r["frame"] for r in records) == list(range(6))  # exactly one face in every frame
+    assert all(r["source"] == str(video) for r in records)
+    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert frames == 6
+
+
+def test_the_crop_fed_to_the_model_is_cv2_resize_of_the_box(trained_run):
+    run_dir, _ = trained_run
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (90, 120), dtype=np.uint8)
+    box = (10, 20, 30, 50)  # x, y, w, h: a tall box, so that swapped axes would show
+    expected = cv2.resize(gray[20:70, 10:40], (48, 48), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(predict.crop_face(gray, box, margin=0.0), expected)
+    # The notebook's crop: np.resize of gray[y:y+w, x:x+h] / 255 repeats the array's values, not the image.
+    notebook = np.resize(gray[20:50, 10:60] / 255.0, (48, 48))
+    assert not np.allclose(notebook, expected / 255.0)
+    # With a margin the box grows by that fraction on each side, clipped to the image.
+    np.testing.assert_array_equal(predict.crop_face(gray, box, margin=0.1),
+                                  cv2.resize(gray[15:75, 7:43], (48, 48), interpolation=cv2.INTER_AREA))
+    np.testing.assert_array_equal(predict.crop_face(gray, (100, 70, 20, 20), margin=0.5),
+                                  cv2.resize(gray[60:90, 90:120], (48, 48), interpolation=cv2.INTER_AREA))
+    # And the predictor scores exactly that crop: its probabilities are the model's on cv2.resize of the box.
+    model = evaluate.load_checkpoint(str(run_dir / "best.keras"))
+
+    class OneBox:
+        def __call__(self, image):
+            return [box]
+
+    boxes, probabilities = predict.Predictor(model, OneBox(), margin=0.0).frame(gray)
+    assert boxes == [box]
+    np.testing.assert_allclose(probabilities, evaluate.predict_probabilities(model, expected[None]), atol=1e-6)
+
+
+def test_already_cropped_48x48_faces_without_detection(trained_run, tmp_path, synthetic_csv):
+    run_dir, _ = trained_run
+    faces = data.read_faces(synthetic_csv, None).select(slice(0, 5))
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i, image in enumerate(faces.images):
+        cv2.imwrite(str(folder / f"face{i}.png"), image)
+    out = tmp_path / "out"
+    assert predict.main(["--checkpoint", str(run_dir / "best.keras"), "--no-detect", str(folder),
+                         "--out", str(out)]) == 0
+    records = _records(out)
+    assert [r["source"] for r in records] == [str(folder / f"face{i}.png") for i in range(5)]
+    assert all(r["box"] == [0, 0, 48, 48] for r in records)
+    model = evaluate.load_checkpoint(str(run_dir / "best.keras"))
+    expected = evaluate.predict_probabilities(model, faces.images)
+    got = np.array([[r["probabilities"][name] for name in data.EMOTIONS] for r in records])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_a_corrupt_image_among_good_ones_is_reported_and_the_rest_go_on(trained_run, astronaut, tmp_path, capsys):
+    run_dir, _ = trained_run
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = cv2.imread(str(astronaut))
+    cv2.imwrite(str(inputs / "a.jpg"), good)
+    (inputs / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    cv2.imwrite(str(inputs / "c.png"), good)
+    out = tmp_path / "out"
+    assert predict.main(["--checkpoint", str(run_dir / "best.keras"), str(inputs), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert f"error: {inputs / 'b.jpg'}: not a readable image" in captured.err
+    assert "2 of 3 inputs done" in captured.out
+    assert {r["source"] for r in _records(out)} == {str(inputs / "a.jpg"), str(inputs / "c.png")}
+    assert (out / "a.jpg").exists() and (out / "c.png").exists() and not (out / "b.jpg").exists()
+
+
+def test_webcam_without_a_display_is_a_clear_error(trained_run, monkeypatch, capsys):
+    run_dir, _ = trained_run
+
+    class FakeCamera:  # the outside world: a camera that gives one grey frame after another
+        def __init__(self, index):
+            self.index = index
+
+        def isOpened(self):
+            return self.index == 0
+
+        def read(self):
+            return True, np.full((120, 160, 3), 128, np.uint8)
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        predict.main(["--checkpoint", str(run_dir / "best.keras"), "--webcam"])
+    assert exited.value.code == 2
+    assert "--webcam needs a display" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict.main(["--checkpoint", str(run_dir / "best.keras"), "--webcam", "3"])
+    assert "cannot open camera 3" in capsys.readouterr().err
