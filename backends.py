@@ -12,6 +12,13 @@ from common import UserError, native_stderr_held
 with native_stderr_held():
     import keras
 
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # TensorFlow probes CUDA once, on first use, and logs its failure on GPU-less machines; probing here
+        # keeps that line from landing in front of a user's one-line error later.
+        tf.config.list_physical_devices()
+
 
 def backend():
     return keras.backend.backend()

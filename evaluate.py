@@ -2,6 +2,7 @@
 
     python evaluate.py --checkpoint RUN/best.keras [--data PATH] [--split PrivateTest|PublicTest] [--out DIR]
     python evaluate.py --checkpoint RUN/model.json [--weights RUN/model.weights.h5]
+    python evaluate.py --checkpoint model.json --weights model.h5       # the 2018 notebook's own files
 
 Prints the accuracy and a per-class report, and writes metrics.json and confusion_matrix.png beside the
 checkpoint (or in --out). For a checkpoint not named best.keras the files carry its name
@@ -19,13 +20,15 @@ from common import UserError, exit_on_user_error, native_stderr_held, replaced_a
 from config import load_config
 import backends
 import data
+import model as model_lib
 
 with native_stderr_held():
     import keras
 
 
 def load_checkpoint(path, weights=None):
-    """A model from a .keras file, a Keras .h5 file, or a model.json plus its weights file."""
+    """A model from our .keras file, our model.json + model.weights.h5, or the notebook's own Keras 2 files:
+    its model.json with a save_weights .h5, or a whole-model HDF5 file whatever its extension (.h5, .hdf5, .hd5)."""
     if not os.path.exists(path):
         raise UserError(f"checkpoint {path} not found")
     if os.path.isdir(path):
@@ -33,30 +36,69 @@ def load_checkpoint(path, weights=None):
     if os.path.getsize(path) == 0:
         raise UserError(f"checkpoint {path} is empty")
     if path.endswith(".json"):
-        weights = weights or os.path.join(os.path.dirname(path), "model.weights.h5")
-        if not os.path.isfile(weights):
-            raise UserError(f"weights file {weights} not found (give it with --weights)")
-        try:
-            with open(path, encoding="utf-8") as f:
-                model = keras.models.model_from_json(f.read())
-            model.load_weights(weights)
-        except Exception as error:  # Keras raises many types for a foreign file
-            raise UserError(f"{path} + {weights}: cannot be loaded as a Keras model: {_first_line(error)}") from None
+        model = _load_json(path, weights)
     elif path.endswith(".keras"):
         if not zipfile.is_zipfile(path):
             raise UserError(f"{path}: truncated or not a Keras file (a .keras file is a whole zip archive)")
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as error:
-            raise UserError(f"{path}: not a loadable Keras model: {_first_line(error)}") from None
-    elif path.endswith(".h5"):
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as error:
-            raise UserError(f"{path}: not a loadable Keras model: {_first_line(error)}") from None
+        model = _keras_load(path)
+    elif path.endswith((".h5", ".hdf5", ".hd5")):
+        text = model_lib.keras2_model_config(path)
+        if text is not None:
+            model = model_lib.keras2_model(text, path, path)
+            print(f"{path}: a Keras 2 model file; {model_lib.compare_with_model_py(model)}")
+        elif _is_weights_only(path):
+            raise UserError(f"{path} holds weights only: give the model.json as --checkpoint and this file as --weights")
+        else:
+            model = _keras_load(path)
     else:
-        raise UserError(f"{path}: not a model file (expected a .keras file, a Keras .h5 file or a model.json)")
+        raise UserError(f"{path}: not a model file (expected .keras, a Keras .h5/.hdf5/.hd5, or a model.json)")
     check_shapes(model, path)
+    return model
+
+
+def _keras_load(path):
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a foreign file
+        raise UserError(f"{path}: not a loadable Keras model: {_first_line(error)}") from None
+
+
+def _is_weights_only(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return "layer_names" in f.attrs and "model_config" not in f.attrs
+
+
+def _load_json(path, weights):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        raise UserError(f"{path}: not JSON") from None
+    if not isinstance(spec, dict):
+        raise UserError(f"{path}: not a Keras model description")
+    keras2 = model_lib.is_keras2_json(spec)
+    if weights is None:
+        folder, stem = os.path.dirname(path), os.path.splitext(os.path.basename(path))[0]
+        candidates = ([f"{stem}.h5", "model.h5", "weights.h5", f"{stem}.weights.h5"] if keras2
+                      else [f"{stem}.weights.h5", "model.weights.h5"])
+        weights = next((os.path.join(folder, name) for name in candidates
+                        if os.path.isfile(os.path.join(folder, name))), None)
+        if weights is None:
+            raise UserError(f"{path}: no weights file beside it ({', '.join(candidates)}): give one with --weights")
+    if not os.path.isfile(weights):
+        raise UserError(f"weights file {weights} not found")
+    if keras2:
+        model = model_lib.keras2_model(text, path, weights)
+        print(f"{path}: the notebook's Keras 2 format; {model_lib.compare_with_model_py(model)}")
+        return model
+    try:
+        model = keras.models.model_from_json(text)
+        model.load_weights(weights)
+    except Exception as error:
+        raise UserError(f"{path} + {weights}: cannot be loaded as a Keras model: {_first_line(error)}") from None
     return model
 
 
@@ -180,8 +222,9 @@ def data_for(checkpoint, data_path):
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a .keras file, or a model.json (with --weights)")
-    parser.add_argument("--weights", help="weights for a model.json (default: model.weights.h5 beside it)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a .keras file, a Keras 2 .h5/.hdf5/.hd5 model, or a model.json (with --weights)")
+    parser.add_argument("--weights", help="weights for a model.json (default: the .h5 beside it)")
     parser.add_argument("--data", help="fer2013.csv or image folder (default: the run's data.path)")
     parser.add_argument("--split", default="PrivateTest", choices=data.USAGES, help="default: PrivateTest")
     parser.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: beside the checkpoint)")

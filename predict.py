@@ -240,8 +240,9 @@ def settings_for(checkpoint, overrides):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="*", help="image files, folders of images, video files")
-    parser.add_argument("--checkpoint", required=True, help="a .keras file, or a model.json (with --weights)")
-    parser.add_argument("--weights", help="weights for a model.json")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a .keras file, a Keras 2 .h5/.hdf5/.hd5 model, or a model.json (with --weights)")
+    parser.add_argument("--weights", help="weights for a model.json (default: the .h5 beside it)")
     parser.add_argument("--out", default="predictions", help="folder for annotated copies and predictions.jsonl")
     parser.add_argument("--no-detect", action="store_true", help="each input is one already-cropped face")
     parser.add_argument("--webcam", nargs="?", const=0, type=int, metavar="N", help="live window from camera N")

@@ -3,6 +3,7 @@
     python train.py --config config.yaml [--set train.epochs=5 --set data.limit=2000 ...] [--no-evaluate]
     python train.py --config configs/demo.yaml      # synthetic faces, about a minute on a laptop CPU
     python train.py --resume runs/<run>             # after Ctrl-C, a kill or a lost Colab runtime
+    python train.py --config config.yaml --init-weights runs/<run>/best.keras   # fine-tune from a checkpoint
 
 The run directory output.dir/<name>/ gets: config.yaml (resolved), environment.json (versions, devices),
 best.keras (ModelCheckpoint), last.keras (the weights at the end, which the notebook scored), history.csv,
@@ -338,8 +339,25 @@ def record_environment(run_dir, current, resumed):
     write_text(path, json.dumps(record, indent=2))
 
 
-def train(config, config_path=None, evaluate_after=True, resume_dir=None):
+def copy_weights(source, model, name):
+    """Start from another checkpoint's weights (fine-tuning): the networks must match layer for layer."""
+    ours = [layer for layer in model.layers if layer.weights]
+    theirs = [layer for layer in source.layers if layer.weights]
+    for mine, other in zip(ours, theirs):
+        shapes, other_shapes = [tuple(w.shape) for w in mine.weights], [tuple(w.shape) for w in other.weights]
+        if shapes != other_shapes:
+            raise UserError(f"--init-weights {name}: its layer {other.name} has weights {other_shapes}, the config's "
+                            f"network has {shapes} at {mine.name} (set model.* to the checkpoint's network)")
+    if len(ours) != len(theirs):
+        raise UserError(f"--init-weights {name}: {len(theirs)} layers with weights, the config's network has {len(ours)}")
+    for mine, other in zip(ours, theirs):
+        mine.set_weights(other.get_weights())
+    print(f"initial weights from {name}")
+
+
+def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_weights=None):
     """Run one training as the config says (or go on with the one in resume_dir); returns the run directory.
+    init_weights: (checkpoint, weights or None) to start from, instead of a random initialisation.
 
     Raises Interrupted on Ctrl-C / SIGTERM once the last completed epoch is safe on disk.
     """
@@ -370,6 +388,8 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None):
                     model.load_weights(os.path.join(run_dir, state["weights"]))
                     restore_random_state(model, state["random"])
                     print(f"resuming {run_dir} after epoch {state['epochs_done']}")
+                elif init_weights:
+                    copy_weights(evaluate.load_checkpoint(*init_weights), model, init_weights[0])
             write_text(os.path.join(run_dir, "config.yaml"), dump(config))
             model.summary()
             print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
@@ -490,13 +510,20 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.epochs=5 (repeatable)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last complete epoch")
+    parser.add_argument("--init-weights", metavar="CHECKPOINT",
+                        help="start from these weights (.keras, or the notebook's model.json/.h5/.hd5) to fine-tune")
+    parser.add_argument("--weights", help="with --init-weights model.json: its weights file")
     parser.add_argument("--no-evaluate", action="store_true", help="skip scoring on the test split at the end")
     args = parser.parse_args(argv)
+    if args.resume and args.init_weights:
+        raise UserError("--resume goes on from the run's own weights; it takes no --init-weights")
+    init_weights = (args.init_weights, args.weights) if args.init_weights else None
     try:
         if args.resume:
             resume(args.resume, args.set, evaluate_after=not args.no_evaluate)
         else:
-            train(load_config(args.config, args.set), args.config, evaluate_after=not args.no_evaluate)
+            train(load_config(args.config, args.set), args.config, evaluate_after=not args.no_evaluate,
+                  init_weights=init_weights)
     except Interrupted as interrupted:
         if interrupted.run_dir is None:
             print(f"\ninterrupted at {interrupted.where}, before any epoch was complete: nothing was kept",

@@ -1,0 +1,182 @@
+"""Issue 8: the 2018 notebook's own files (Keras 2.1.6 model.json, save_weights .h5, whole-model .hd5) load,
+evaluate, convert and fine-tune. The weights files are written here with h5py in Keras 2's layout from known
+arrays; the model.json is the author's published one (../shared/notebook/model.json; skipped without it)."""
+import copy
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import evaluate
+import model as model_lib
+from common import UserError
+from config import DEFAULTS
+from conftest import ROOT, assert_user_error, run_script
+
+PUBLISHED_JSON = ROOT.parent / "shared" / "notebook" / "model.json"
+
+
+@pytest.fixture(scope="module")
+def published_json():
+    if not PUBLISHED_JSON.is_file():
+        pytest.skip("../shared/notebook/model.json is not here")
+    return PUBLISHED_JSON.read_text()
+
+
+@pytest.fixture(scope="module")
+def published_network():
+    """model.py's network with the published file's 256-128-48 head, its weights drawn at random."""
+    import keras
+
+    config = copy.deepcopy(DEFAULTS)
+    config["model"]["dense"] = [256, 128, 48]
+    keras.utils.set_random_seed(7)
+    network = model_lib.build_model(config)
+    for layer in network.layers:  # BatchNorm statistics away from 0 and 1, so that they are checked too
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([np.random.default_rng(1).uniform(0.5, 1.5, w.shape).astype(np.float32)
+                               for w in layer.get_weights()])
+    return network
+
+
+def keras2_layer_names(json_text):
+    return [layer["config"]["name"] for layer in json.loads(json_text)["config"]]
+
+
+def write_keras2_weights(group, json_text, network, drop=None, reshape=None):
+    """Keras 2's save_weights layout: layer_names, then per layer weight_names and one dataset each."""
+    names = keras2_layer_names(json_text)
+    weighted = iter([layer for layer in network.layers if layer.weights])
+    group.attrs["layer_names"] = [name.encode() for name in names if name != drop]
+    group.attrs["backend"], group.attrs["keras_version"] = b"tensorflow", b"2.1.6"
+    kinds = {layer["config"]["name"]: layer["class_name"] for layer in json.loads(json_text)["config"]}
+    for name in names:
+        arrays = next(weighted).get_weights() if kinds[name] in ("Conv2D", "Dense", "BatchNormalization") else []
+        if name == drop:
+            continue
+        suffixes = (["gamma", "beta", "moving_mean", "moving_variance"] if kinds[name] == "BatchNormalization"
+                    else ["kernel", "bias"])[:len(arrays)]
+        layer_group = group.create_group(name)
+        layer_group.attrs["weight_names"] = [f"{name}/{suffix}:0".encode() for suffix in suffixes]
+        for suffix, array in zip(suffixes, arrays):
+            if name == reshape and suffix == "kernel":
+                array = array[..., :-1]
+            layer_group.create_dataset(f"{name}/{suffix}:0", data=array)
+
+
+@pytest.fixture()
+def notebook_files(tmp_path, published_json, published_network):
+    (tmp_path / "model.json").write_text(published_json)
+    with h5py.File(tmp_path / "model.h5", "w") as f:
+        write_keras2_weights(f, published_json, published_network)
+    return tmp_path
+
+
+def _inputs():
+    return np.random.default_rng(3).random((6, 48, 48, 1)).astype(np.float32)
+
+
+def _same_predictions(a, b):
+    import keras
+
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(a(_inputs(), training=False)),
+                               keras.ops.convert_to_numpy(b(_inputs(), training=False)), rtol=1e-5, atol=1e-6)
+
+
+def test_the_published_model_json_builds_the_network_it_describes(published_json, capsys):
+    network = model_lib.from_keras2_json(published_json)
+    assert network.count_params() == 8_356_679
+    assert [layer.name for layer in network.layers] == keras2_layer_names(published_json)
+    first = network.layers[0]
+    assert first.padding == "valid" and abs(float(first.kernel_regularizer.l2) - 0.01) < 1e-9
+    assert [layer.units for layer in network.layers if hasattr(layer, "units")] == [256, 128, 48, 7]
+    assert model_lib.compare_with_model_py(network) == (
+        "model.py's layer stack with model.dense=[256, 128, 48] (model.py: [512, 256, 128, 64]): "
+        "8,356,679 parameters")
+
+
+def test_model_json_plus_keras2_weights_round_trip_value_for_value(notebook_files, published_network, capsys):
+    loaded = evaluate.load_checkpoint(str(notebook_files / "model.json"), str(notebook_files / "model.h5"))
+    assert "model.dense=[256, 128, 48]" in capsys.readouterr().out
+    for a, b in zip(loaded.get_weights(), published_network.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    _same_predictions(loaded, published_network)
+    # Without --weights, the .h5 beside the JSON is found.
+    _same_predictions(evaluate.load_checkpoint(str(notebook_files / "model.json")), published_network)
+
+
+def test_a_keras2_whole_model_file_with_any_extension(tmp_path, published_json, published_network):
+    for name in ("weights.hd5", "model.hdf5", "model.h5"):
+        with h5py.File(tmp_path / name, "w") as f:
+            f.attrs["model_config"] = published_json.encode()
+            f.attrs["keras_version"], f.attrs["backend"] = b"2.1.6", b"tensorflow"
+            write_keras2_weights(f.create_group("model_weights"), published_json, published_network)
+        _same_predictions(evaluate.load_checkpoint(str(tmp_path / name)), published_network)
+
+
+def test_evaluate_and_convert_from_the_command_line(notebook_files, published_network, synthetic_csv, tmp_path):
+    result = run_script("evaluate.py", "--checkpoint", notebook_files / "model.json", "--weights",
+                        notebook_files / "model.h5", "--data", synthetic_csv, "--out", tmp_path / "eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the notebook's Keras 2 format; model.py's layer stack with model.dense=[256, 128, 48]" in result.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics-model.json").read_text())
+    assert metrics["n"] == 200
+    out = tmp_path / "converted.keras"
+    assert model_lib.main(["--convert", str(notebook_files / "model.json"), str(notebook_files / "model.h5"),
+                           str(out)]) == 0
+    import keras
+
+    _same_predictions(keras.saving.load_model(out), published_network)
+
+
+def test_fine_tuning_starts_from_the_notebooks_weights(notebook_files, published_network, synthetic_csv, tmp_path):
+    import keras
+
+    import train
+
+    config = copy.deepcopy(DEFAULTS)
+    config["data"].update(path=str(synthetic_csv), limit=40, cache_dir=None)
+    config["model"]["dense"] = [256, 128, 48]
+    config["train"].update(epochs=1, learning_rate=1e-12, precision="float32")
+    config["output"].update(dir=str(tmp_path), name="tuned")
+    run_dir = train.train(config, evaluate_after=False,
+                          init_weights=(str(notebook_files / "model.json"), str(notebook_files / "model.h5")))
+    tuned = keras.saving.load_model(f"{run_dir}/last.keras")
+    kernel, start = tuned.layers[0].get_weights()[0], published_network.layers[0].get_weights()[0]
+    np.testing.assert_allclose(kernel, start, atol=1e-6)  # a learning rate of 1e-12 leaves them where they began
+    config["model"]["dense"] = [512, 256, 128, 64]
+    config["output"]["name"] = "mismatch"
+    with pytest.raises(UserError, match="--init-weights .*model.json: its layer dense_1 has weights"):
+        train.train(config, evaluate_after=False,
+                    init_weights=(str(notebook_files / "model.json"), str(notebook_files / "model.h5")))
+    assert not (tmp_path / "mismatch").exists()
+
+
+def test_bad_notebook_files_get_one_line(notebook_files, published_json, published_network, tmp_path):
+    other = json.loads(published_json)
+    next(layer for layer in other["config"] if layer["config"]["name"] == "dense_3")["config"]["units"] = 64
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with h5py.File(tmp_path / "missing.h5", "w") as f:
+        write_keras2_weights(f, published_json, published_network, drop="dense_3")
+    with h5py.File(tmp_path / "shape.h5", "w") as f:
+        write_keras2_weights(f, published_json, published_network, reshape="dense_2")
+    whole = (notebook_files / "model.h5").read_bytes()
+    (tmp_path / "truncated.h5").write_bytes(whole[: len(whole) // 3])
+    json_path = str(notebook_files / "model.json")
+    cases = [((str(tmp_path / "other.json"), str(notebook_files / "model.h5")), "layer dense_3 has weights of shapes"),
+             ((json_path, str(tmp_path / "missing.h5")), "no weights for layer dense_3"),
+             ((json_path, str(tmp_path / "shape.h5")), "layer dense_2 has weights of shapes [(256, 127), (128,)]"),
+             ((json_path, str(tmp_path / "truncated.h5")), "truncated or not an HDF5 file"),
+             ((str(notebook_files / "model.h5"), None), "holds weights only: give the model.json as --checkpoint")]
+    for (checkpoint, weights), fragment in cases:
+        with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            evaluate.load_checkpoint(checkpoint, weights)
+    assert_user_error(run_script("evaluate.py", "--checkpoint", json_path, "--weights", tmp_path / "truncated.h5"),
+                      "truncated.h5", "truncated or not an HDF5 file")
+    # A mismatch found after the model is built (TensorFlow started) is still one line, from both scripts.
+    assert_user_error(run_script("evaluate.py", "--checkpoint", json_path, "--weights", tmp_path / "shape.h5"),
+                      "shape.h5", "layer dense_2 has weights of shapes")
+    assert_user_error(run_script("model.py", "--convert", tmp_path / "other.json", notebook_files / "model.h5",
+                                 tmp_path / "out.keras"), "layer dense_3 has weights of shapes")
+    assert not (tmp_path / "out.keras").exists()
