@@ -30,6 +30,7 @@ DEFAULTS = {
         "epochs": 100,
         "batch_size": 64,
         "learning_rate": 0.001,
+        "optimizer": "adam",
         "shuffle": True,
         "seed": None,
         "precision": "auto",
@@ -56,6 +57,7 @@ TYPES = {
 }
 CHOICES = {
     "data.protocol": ("seed", "standard"),
+    "train.optimizer": ("adam", "adamw", "sgd", "rmsprop"),
     "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "train.distribute": ("auto", "none", "mirrored", "multi_worker"),
 }
@@ -85,14 +87,14 @@ def load_config(path=None, overrides=()):
     return config
 
 
-def read_yaml(path):
+def read_yaml(path, what="config file"):
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        raise UserError(f"config file {path} not found") from None
+        raise UserError(f"{what} {path} not found") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
-        raise UserError(f"config file {path} cannot be read: {error}") from None
+        raise UserError(f"{what} {path} cannot be read: {error}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

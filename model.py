@@ -26,6 +26,14 @@ INPUT_SHAPE = data.IMAGE_SHAPE
 CLASSES = len(data.EMOTIONS)
 
 
+def make_optimizer(name, learning_rate):
+    """The notebook's Adam, or another for a hyper-parameter search (SGD with Nesterov momentum 0.9)."""
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+    return {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+            "rmsprop": keras.optimizers.RMSprop}[name](learning_rate=learning_rate)
+
+
 def build_model(config=None):
     """The compiled notebook model; `config` is a full config dict (None: config.yaml's defaults)."""
     config = config or DEFAULTS
@@ -51,7 +59,7 @@ def build_model(config=None):
         layers += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(rate)]
     layers.append(keras.layers.Dense(CLASSES, activation="softmax", dtype="float32"))  # float32 under mixed precision
     model = keras.Sequential(layers, name="fer2013_cnn")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=train["learning_rate"]),
+    model.compile(optimizer=make_optimizer(train["optimizer"], train["learning_rate"]),
                   loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=train["jit_compile"])
     return model
 

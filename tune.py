@@ -1,0 +1,491 @@
+"""Hyper-parameter search with KerasTuner over any config key; every trial is a normal train.py run.
+
+    python tune.py --config config.yaml --search configs/search.yaml [--set KEY=VALUE ...]
+
+The search file names the space (config keys and their ranges or choices), the tuner (random, bayesian,
+hyperband), the objective and the budget. Trials live in output.dir/<search name>/trial_<id>/run/, beside
+KerasTuner's own state; running the same command again resumes an interrupted search (an interrupted trial
+goes on from its last complete epoch). A finished search writes best.yaml (a complete config: python
+train.py --config best.yaml reruns the winner), trials.csv and search.png. Trials are scored on the
+validation rows only; the test split is never looked at while searching.
+
+Many machines, with KerasTuner's distributed mode: the same command everywhere, with
+KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT set to the chief's address, KERASTUNER_TUNER_ID=chief on the
+one that hands out trials and records them, tuner0, tuner1, ... on the workers that train them.
+"""
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+
+import numpy as np
+
+import train
+from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically, write_text
+from config import (DEFAULTS, MONITORS, TYPES, dump, flatten, get_key, load_config, monitor_mode, monitor_name,
+                    read_yaml, set_key, validate)
+
+with native_stderr_held():
+    import keras_tuner
+    from keras_tuner.src.distribute import utils as distribute_utils
+
+SEARCH_DEFAULTS = {"name": None, "tuner": "random", "objective": "val_accuracy", "direction": None,
+                   "max_trials": 10, "epochs": None, "factor": 3, "seed": None, "space": None}
+TUNERS = ("random", "bayesian", "hyperband")
+RUN = "run"  # each trial's run directory, inside KerasTuner's trial_<id> folder
+
+
+class Parameter:
+    """One searched config key: a choice among values, or a numeric range (linear or log)."""
+
+    def __init__(self, key, values=None, low=None, high=None, step=None, sampling="linear", kind=None):
+        self.key, self.values, self.low, self.high, self.step, self.sampling, self.kind = (
+            key, values, low, high, step, sampling, kind)
+        # KerasTuner's Choice takes numbers, strings or booleans of one type; other values go by a label.
+        plain = values is not None and len({type(v) for v in values}) == 1 and isinstance(values[0], (int, float, str))
+        self.labels = values if values is None or plain else [json.dumps(v) for v in values]
+
+    def declare(self, hp):
+        if self.values is not None:
+            hp.Choice(self.key, self.labels)
+        elif self.kind is int:
+            hp.Int(self.key, self.low, self.high, step=self.step, sampling=self.sampling)
+        else:
+            hp.Float(self.key, self.low, self.high, step=self.step, sampling=self.sampling)
+
+    def value(self, drawn):
+        if self.values is not None and self.labels is not self.values:
+            return self.values[self.labels.index(drawn)]
+        if self.kind is float:
+            return float(f"{drawn:.6g}")  # 0.3, not 0.30000000000000004 from a step
+        return drawn
+
+
+def load_search(path, base_config):
+    """The search file, checked: every key known, every range non-empty, every value one the config takes."""
+    spec = read_yaml(path, what="search file")
+    unknown = [key for key in spec if key not in SEARCH_DEFAULTS]
+    if unknown:
+        raise UserError(f"{path}: unknown key '{unknown[0]}' (a search file has {', '.join(SEARCH_DEFAULTS)})")
+    search = {**SEARCH_DEFAULTS, **spec}
+    if search["name"] is None:
+        search["name"] = os.path.splitext(os.path.basename(path))[0]
+    name = search["name"]
+    if not isinstance(name, str) or name.strip() in ("", ".", "..") or "/" in name or "\\" in name:
+        raise UserError(f"{path}: 'name' must be a plain folder name, got {name!r}")
+    if search["tuner"] not in TUNERS:
+        raise UserError(f"{path}: unknown tuner {search['tuner']!r} (random, bayesian or hyperband)")
+    if search["objective"] not in MONITORS:
+        raise UserError(f"{path}: 'objective' must be one of {', '.join(MONITORS)}, got {search['objective']!r}")
+    search["objective"] = monitor_name(search["objective"])
+    if search["direction"] is None:
+        search["direction"] = monitor_mode(search["objective"])
+    if search["direction"] not in ("min", "max"):
+        raise UserError(f"{path}: 'direction' must be min or max, got {search['direction']!r}")
+    for key, least in (("max_trials", 1), ("epochs", 1), ("factor", 2)):
+        value = search[key]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise UserError(f"{path}: '{key}' must be an integer >= {least}, got {value!r}")
+    if search["seed"] is not None and (not isinstance(search["seed"], int) or isinstance(search["seed"], bool)):
+        raise UserError(f"{path}: 'seed' must be an integer or null, got {search['seed']!r}")
+    if search["epochs"] is None:
+        search["epochs"] = base_config["train"]["epochs"]
+    if not isinstance(search["space"], dict) or not search["space"]:
+        raise UserError(f"{path}: 'space' must map config keys to ranges or choices, e.g. "
+                        "train.learning_rate: {min: 1.0e-4, max: 1.0e-2, sampling: log}")
+    search["parameters"] = [parse_parameter(path, key, entry, base_config) for key, entry in search["space"].items()]
+    return search
+
+
+def parse_parameter(path, key, entry, base_config):
+    where = f"{path}: space '{key}'"
+    defaults = flatten(DEFAULTS)
+    if key not in defaults:
+        raise UserError(f"{where}: unknown config key (keys look like train.learning_rate or model.dropout)")
+    if key == "train.epochs" or key.startswith("output."):
+        raise UserError(f"{where}: set by the search itself (its 'epochs' and 'name'), not searchable")
+    kinds = TYPES.get(key, (type(defaults[key]),))
+    if isinstance(entry, list):
+        entry = {"values": entry}
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: expected a list of values or {{min: .., max: .., step: .., sampling: linear|log}}, "
+                        f"got {entry!r}")
+    allowed = {"values"} if "values" in entry else {"min", "max", "step", "sampling"}
+    extra = [name for name in entry if name not in allowed]
+    if extra:
+        raise UserError(f"{where}: unknown field '{extra[0]}' (a choice has values; a range has min, max, step, "
+                        "sampling)")
+    if "values" in entry:
+        values = entry["values"]
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{where}: empty choice: give at least one value")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise UserError(f"{where}: a value is listed twice")
+        parameter = Parameter(key, values=values)
+        candidates = values
+    else:
+        if not (int in kinds or float in kinds) or bool in kinds:
+            raise UserError(f"{where}: a range needs a numeric key; list the values to choose from instead")
+        kind = int if int in kinds and float not in kinds else float
+        if "min" not in entry or "max" not in entry:
+            raise UserError(f"{where}: a range needs min and max")
+        low, high = (_number(where, name, entry[name], kind) for name in ("min", "max"))
+        if not low < high:
+            raise UserError(f"{where}: empty range: min {low!r} must be below max {high!r}")
+        sampling = entry.get("sampling", "linear")
+        if sampling not in ("linear", "log"):
+            raise UserError(f"{where}: sampling must be linear or log, got {sampling!r}")
+        if sampling == "log" and low <= 0:
+            raise UserError(f"{where}: a log range needs min > 0, got {low!r}")
+        step = entry.get("step")
+        if step is not None:
+            step = _number(where, "step", step, kind)
+            if step <= 0:
+                raise UserError(f"{where}: step must be > 0, got {step!r}")
+        elif kind is int:
+            step = 1
+        parameter = Parameter(key, low=low, high=high, step=step, sampling=sampling, kind=kind)
+        candidates = [low, high]
+    for value in candidates:
+        trial = copy.deepcopy(base_config)
+        set_key(trial, key, copy.deepcopy(value), source=where)
+        try:
+            validate(trial)
+        except UserError as error:
+            raise UserError(f"{where}: {error}".replace(f"config: '{key}' ", "")) from None
+    return parameter
+
+
+def _number(where, name, value, kind):
+    if isinstance(value, str):
+        try:
+            value = float(value)  # PyYAML reads 1e-4 (no dot) as a string
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{where}: {name} must be a number, got {value!r}")
+    if kind is int:
+        if value != int(value):
+            raise UserError(f"{where}: {name} must be an integer for this key, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def make_oracle(search):
+    hp = keras_tuner.HyperParameters()
+    for parameter in search["parameters"]:
+        parameter.declare(hp)
+    objective = keras_tuner.Objective(search["objective"], search["direction"])
+    common = dict(objective=objective, hyperparameters=hp, allow_new_entries=False, tune_new_entries=False,
+                  seed=search["seed"])
+    if search["tuner"] == "hyperband":
+        return keras_tuner.oracles.HyperbandOracle(max_epochs=search["epochs"], factor=search["factor"],
+                                                   hyperband_iterations=1, **common)
+    oracle = (keras_tuner.oracles.BayesianOptimizationOracle if search["tuner"] == "bayesian"
+              else keras_tuner.oracles.RandomSearchOracle)
+    return oracle(max_trials=search["max_trials"], **common)
+
+
+class SearchStopped(keras_tuner.errors.FatalError):
+    """Ends the search loop (KerasTuner would count any other exception as a failed trial and go on)."""
+
+    def __init__(self, cause):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def trial_config(base_config, search, parameters, values, trial_dir):
+    """The base config with this trial's values, its epochs, and its run directory."""
+    config = copy.deepcopy(base_config)
+    for parameter in parameters:
+        set_key(config, parameter.key, copy.deepcopy(parameter.value(values[parameter.key])), source="search")
+    config["train"]["epochs"] = values.get("tuner/epochs", search["epochs"]) - values.get("tuner/initial_epoch", 0)
+    config["output"]["dir"], config["output"]["name"] = trial_dir, RUN
+    return validate(config)
+
+
+class TrainingTuner(keras_tuner.Tuner):
+    """KerasTuner's loop, with each trial run by train.train: the same data, callbacks, precision and devices
+    as python train.py."""
+
+    def __init__(self, base_config, search, **kwargs):
+        self.base_config, self.search_spec = base_config, search
+        super().__init__(oracle=make_oracle(search), directory=base_config["output"]["dir"],
+                         project_name=search["name"], **kwargs)
+
+    def on_search_begin(self):
+        self.save()  # so that a search stopped inside its first trial reloads, and retries that trial
+
+    def on_trial_begin(self, trial):
+        StopBetweenTrials.check()  # the trial stays "ongoing": a resumed search runs it
+        super().on_trial_begin(trial)
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        StopBetweenTrials.check()
+
+    def run_trial(self, trial, *args, **kwargs):
+        import keras
+
+        keras.backend.clear_session()
+        values = trial.hyperparameters.values
+        trial_dir = self.get_trial_dir(trial.trial_id)
+        run_dir = os.path.join(trial_dir, RUN)
+        config = trial_config(self.base_config, self.search_spec, self.search_spec["parameters"], values, trial_dir)
+        seconds_file = os.path.join(trial_dir, "seconds")
+        seconds = float(_read(seconds_file) or 0)
+        started = time.monotonic()
+        try:
+            state = self._earlier_run(run_dir, config)
+            if state is None:
+                parent = values.get("tuner/trial_id")  # Hyperband: go on from the trial this one continues
+                parent_weights = os.path.join(self.get_trial_dir(parent), RUN, "last.keras") if parent else None
+                init = (parent_weights, None) if parent_weights and os.path.isfile(parent_weights) else None
+                if parent and init is None:
+                    config["train"]["epochs"] = values["tuner/epochs"]  # its parent ran elsewhere: start over
+                train.train(config, evaluate_after=False, init_weights=init)
+            elif not state.get("finished"):
+                train.train(load_config(os.path.join(run_dir, "config.yaml")), evaluate_after=False,
+                            resume_dir=run_dir)
+        except (train.Interrupted, UserError) as stop:
+            write_text(seconds_file, str(seconds + time.monotonic() - started))
+            raise SearchStopped(stop) from None
+        seconds += time.monotonic() - started
+        write_text(seconds_file, str(seconds))
+        parent_epochs = values.get("tuner/epochs", config["train"]["epochs"]) - config["train"]["epochs"]
+        return trial_metrics(run_dir, self.search_spec, seconds, parent_epochs)
+
+    @staticmethod
+    def _earlier_run(run_dir, config):
+        """The state of this trial's run from before an interruption, if it can go on; else None (and no run)."""
+        if not os.path.isdir(run_dir):
+            return None
+        state_file = os.path.join(run_dir, train.STATE)
+        if os.path.isfile(state_file):
+            earlier = read_yaml(os.path.join(run_dir, "config.yaml"))
+            if earlier == json.loads(json.dumps(config)):
+                print(f"trial run {run_dir}: going on from its last complete epoch")
+                return train.read_state(run_dir)
+        shutil.rmtree(run_dir)  # killed before its first epoch, or a different trial's: start afresh
+        return None
+
+    def save_model(self, trial_id, model, step=0):
+        pass  # train.train saved the trial's models in its run directory
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def trial_metrics(run_dir, search, seconds, parent_epochs=0):
+    """What the trial reports to the oracle: the metrics of its best epoch by the objective, the epochs its
+    weights have trained (Hyperband: its parent's too) and its time. (KerasTuner's own Keras tuners score a
+    trial by its best epoch too.)"""
+    import pandas as pd
+
+    history = pd.read_csv(os.path.join(run_dir, "history.csv"))
+    objective = history[search["objective"]]
+    best = history.loc[objective.idxmax() if search["direction"] == "max" else objective.idxmin()]
+    metrics = {name: float(best[name]) for name in ("loss", "accuracy", "val_loss", "val_accuracy") if name in best}
+    return {**metrics, "epochs": float(parent_epochs + len(history)), "seconds": round(seconds, 1)}
+
+
+def check_same_search(search_dir, base_config, search):
+    """A rerun resumes the search in search_dir only if it is the same search (max_trials may grow)."""
+    settings = {"config": base_config, "search": {key: search[key] for key in SEARCH_DEFAULTS if key != "max_trials"}}
+    settings = json.loads(json.dumps(settings))
+    path = os.path.join(search_dir, "search.json")
+    earlier = _read(path)
+    if earlier is not None:
+        earlier = json.loads(earlier)
+        for part in ("search", "config"):
+            differing = sorted(key for key in set(flatten(earlier[part])) | set(flatten(settings[part]))
+                               if flatten(earlier[part]).get(key) != flatten(settings[part]).get(key))
+            if differing:
+                raise UserError(f"{search_dir} holds a search with another {part} ({differing[0]} differs): "
+                                "give this one another name (the search file's 'name')")
+        return True
+    os.makedirs(search_dir, exist_ok=True)
+    write_text(path, json.dumps(settings, indent=1))
+    return False
+
+
+def write_results(tuner, search, base_config, search_dir):
+    """trials.csv, best.yaml and search.png from the oracle's record of every trial."""
+    import pandas as pd
+
+    rows = []
+    parameters = search["parameters"]
+    for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
+        row = {"trial": trial.trial_id, "status": trial.status}
+        for parameter in parameters:
+            drawn = trial.hyperparameters.values.get(parameter.key)
+            row[parameter.key] = None if drawn is None else json.dumps(parameter.value(drawn))
+        for name in (search["objective"], "epochs", "seconds"):
+            value = trial.metrics.get_best_value(name) if trial.metrics.exists(name) else None
+            row[name] = value
+        row["run"] = os.path.join(f"trial_{trial.trial_id}", RUN)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    with replaced_atomically(os.path.join(search_dir, "trials.csv")) as temporary:
+        table.to_csv(temporary, index=False)
+    done = table[table["status"] == "COMPLETED"].dropna(subset=[search["objective"]])
+    if done.empty:
+        raise UserError(f"{search_dir}: no trial completed, so there is no best config (see trials.csv)")
+    best = done.loc[done[search["objective"]].idxmax() if search["direction"] == "max"
+                    else done[search["objective"]].idxmin()]
+    config = copy.deepcopy(base_config)
+    for parameter in parameters:
+        set_key(config, parameter.key, json.loads(best[parameter.key]), source="search")
+    config["train"]["epochs"] = search["epochs"]
+    config["output"]["name"] = None
+    header = (f"# tune.py search '{search['name']}' ({search['tuner']}): the best of {len(done)} completed trials is "
+              f"trial {best['trial']}, {search['objective']} {best[search['objective']]:.4f}\n"
+              f"# its run: {os.path.join(search_dir, best['run'])}\n"
+              f"# rerun it in full: python train.py --config {os.path.join(search_dir, 'best.yaml')}\n")
+    write_text(os.path.join(search_dir, "best.yaml"), header + dump(validate(config)))
+    plot_search(done, parameters, search, os.path.join(search_dir, "search.png"))
+    return best
+
+
+def importance(values, objective):
+    """How much of the objective's spread a hyper-parameter accounts for, in [0, 1]: the squared rank
+    correlation for a range, the share of variance between the groups for a choice."""
+    import pandas as pd
+
+    objective = pd.Series(objective).reset_index(drop=True)
+    values = pd.Series(values).reset_index(drop=True)
+    if objective.nunique() < 2 or values.nunique() < 2:
+        return 0.0
+    if pd.api.types.is_numeric_dtype(values):
+        return float(np.corrcoef(values.rank(), objective.rank())[0, 1] ** 2)
+    groups = objective.groupby(values)
+    between = (groups.count() * (groups.mean() - objective.mean()) ** 2).sum()
+    return float(between / ((objective - objective.mean()) ** 2).sum())
+
+
+def plot_search(done, parameters, search, path, most=4):
+    """The objective against each of the (up to `most`) hyper-parameters that matter most."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objective = done[search["objective"]].astype(float)
+    decoded = {}
+    for parameter in parameters:
+        values = done[parameter.key].map(json.loads)
+        numeric = parameter.values is None or all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in parameter.values)
+        decoded[parameter] = values.astype(float) if numeric else values.map(json.dumps)
+    ranked = sorted(parameters, key=lambda p: importance(decoded[p], objective), reverse=True)[:most]
+    figure, axes = plt.subplots(1, len(ranked), figsize=(4.2 * len(ranked), 3.8), squeeze=False)
+    for ax, parameter in zip(axes[0], ranked):
+        values = decoded[parameter]
+        if values.dtype == object:
+            labels = [label for label in (parameter.labels if parameter.labels is not parameter.values
+                                          else [json.dumps(v) for v in parameter.values])]
+            ax.scatter([labels.index(v) for v in values], objective)
+            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+        else:
+            ax.scatter(values, objective)
+            if parameter.sampling == "log":
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(parameter.key)
+        ax.set_title(f"importance {importance(values, objective):.2f}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{search['objective']} (best epoch)")
+    figure.suptitle(f"search '{search['name']}': {len(done)} trials", fontsize=11)
+    figure.tight_layout()
+    with replaced_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+
+
+def tune(base_config, search):
+    """Run (or resume) the search; returns the search directory, or None on a worker."""
+    search_dir = os.path.join(base_config["output"]["dir"], search["name"])
+    worker = distribute_utils.has_chief_oracle() and not distribute_utils.is_chief_oracle()
+    if not worker:
+        if check_same_search(search_dir, base_config, search):
+            print(f"resuming the search in {search_dir}")
+    budget = ("hyperband brackets" if search["tuner"] == "hyperband" else f"{search['max_trials']} trials")
+    print(f"search '{search['name']}': {search['tuner']}, {budget} of up to {search['epochs']} epochs, "
+          f"{search['direction']} {search['objective']} over {', '.join(p.key for p in search['parameters'])}")
+    tuner = TrainingTuner(base_config, search)
+    if not worker:
+        finished = sum(trial.status == "COMPLETED" for trial in tuner.oracle.trials.values())
+        if finished:
+            print(f"{finished} trial(s) already done")
+    tuner.search()
+    if worker:
+        print(f"worker {os.environ['KERASTUNER_TUNER_ID']}: no trials left")
+        return None
+    best = write_results(tuner, search, base_config, search_dir)
+    print(f"best: trial {best['trial']}, {search['objective']} {best[search['objective']]:.4f}; wrote "
+          f"{search_dir}/best.yaml, trials.csv, search.png")
+    return search_dir
+
+
+class StopBetweenTrials:
+    """Ctrl-C and SIGTERM outside training stop the search at the next trial boundary (inside a trial,
+    train.py's own handler stops at the end of a batch). An exception raised straight from a signal handler
+    can land in a finalizer, which swallows it; a second signal is raised at once all the same."""
+
+    received = None
+
+    @classmethod
+    def install(cls):
+        for number in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(number) is not signal.SIG_IGN:  # a shell's background job ignores Ctrl-C
+                signal.signal(number, cls._note)
+
+    @classmethod
+    def _note(cls, number, frame):
+        if cls.received is not None:
+            raise train.SignalInterrupt(number)
+        cls.received = number
+
+    @classmethod
+    def check(cls):
+        if cls.received is not None:
+            raise SearchStopped(train.SignalInterrupt(cls.received))
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="config.yaml", help="the base config (default: config.yaml)")
+    parser.add_argument("--search", required=True, help="the search file: space, tuner, objective, budget")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the base config, e.g. --set data.limit=5000 (repeatable)")
+    args = parser.parse_args(argv)
+    base_config = load_config(args.config, args.set)
+    search = load_search(args.search, base_config)
+    StopBetweenTrials.install()
+    try:
+        tune(base_config, search)
+        return 0
+    except (SearchStopped, train.SignalInterrupt, KeyboardInterrupt) as stop:
+        cause = getattr(stop, "cause", stop)
+        if isinstance(cause, UserError):
+            raise cause from None
+        status = getattr(cause, "exit_status", None) or 128 + getattr(cause, "signal_number", signal.SIGINT)
+    gc.collect()  # finalize the stopped trial's data pipeline while Python can still run its clean-up
+    print(f"\nsearch interrupted; the same command resumes it: python tune.py --config {args.config} "
+          f"--search {args.search}" + "".join(f" --set {item}" for item in args.set), file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
