@@ -67,13 +67,14 @@ class Parameter:
         return drawn
 
 
-def load_search(path, base_config):
-    """The search file, checked: every key known, every range non-empty, every value one the config takes."""
+def load_search(path, base_config, **overrides):
+    """The search file, checked: every key known, every range non-empty, every value one the config takes.
+    `overrides` (max_trials, epochs) replace the file's values unless None."""
     spec = read_yaml(path, what="search file")
     unknown = [key for key in spec if key not in SEARCH_DEFAULTS]
     if unknown:
         raise UserError(f"{path}: unknown key '{unknown[0]}' (a search file has {', '.join(SEARCH_DEFAULTS)})")
-    search = {**SEARCH_DEFAULTS, **spec}
+    search = {**SEARCH_DEFAULTS, **spec, **{key: value for key, value in overrides.items() if value is not None}}
     if search["name"] is None:
         search["name"] = os.path.splitext(os.path.basename(path))[0]
     name = search["name"]
@@ -330,7 +331,7 @@ def write_results(tuner, search, base_config, search_dir):
         row = {"trial": trial.trial_id, "status": trial.status}
         for parameter in parameters:
             drawn = trial.hyperparameters.values.get(parameter.key)
-            row[parameter.key] = None if drawn is None else json.dumps(parameter.value(drawn))
+            row[parameter.key] = None if drawn is None else parameter.value(drawn)
         for name in (search["objective"], "epochs", "seconds"):
             value = trial.metrics.get_best_value(name) if trial.metrics.exists(name) else None
             row[name] = value
@@ -338,15 +339,14 @@ def write_results(tuner, search, base_config, search_dir):
         rows.append(row)
     table = pd.DataFrame(rows)
     with replaced_atomically(os.path.join(search_dir, "trials.csv")) as temporary:
-        table.to_csv(temporary, index=False)
-    done = table[table["status"] == "COMPLETED"].dropna(subset=[search["objective"]])
-    if done.empty:
+        table.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v).to_csv(temporary, index=False)
+    done = [row for row in rows if row["status"] == "COMPLETED" and row[search["objective"]] is not None]
+    if not done:
         raise UserError(f"{search_dir}: no trial completed, so there is no best config (see trials.csv)")
-    best = done.loc[done[search["objective"]].idxmax() if search["direction"] == "max"
-                    else done[search["objective"]].idxmin()]
+    best = (max if search["direction"] == "max" else min)(done, key=lambda row: row[search["objective"]])
     config = copy.deepcopy(base_config)
     for parameter in parameters:
-        set_key(config, parameter.key, json.loads(best[parameter.key]), source="search")
+        set_key(config, parameter.key, copy.deepcopy(best[parameter.key]), source="search")
     config["train"]["epochs"] = search["epochs"]
     config["output"]["name"] = None
     header = (f"# tune.py search '{search['name']}' ({search['tuner']}): the best of {len(done)} completed trials is "
@@ -354,7 +354,7 @@ def write_results(tuner, search, base_config, search_dir):
               f"# its run: {os.path.join(search_dir, best['run'])}\n"
               f"# rerun it in full: python train.py --config {os.path.join(search_dir, 'best.yaml')}\n")
     write_text(os.path.join(search_dir, "best.yaml"), header + dump(validate(config)))
-    plot_search(done, parameters, search, os.path.join(search_dir, "search.png"))
+    plot_search(pd.DataFrame(done), parameters, search, os.path.join(search_dir, "search.png"))
     return best
 
 
@@ -374,6 +374,10 @@ def importance(values, objective):
     return float(between / ((objective - objective.mean()) ** 2).sum())
 
 
+def _label(value):
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def plot_search(done, parameters, search, path, most=4):
     """The objective against each of the (up to `most`) hyper-parameters that matter most."""
     import matplotlib
@@ -383,17 +387,15 @@ def plot_search(done, parameters, search, path, most=4):
     objective = done[search["objective"]].astype(float)
     decoded = {}
     for parameter in parameters:
-        values = done[parameter.key].map(json.loads)
         numeric = parameter.values is None or all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                   for v in parameter.values)
-        decoded[parameter] = values.astype(float) if numeric else values.map(json.dumps)
+        decoded[parameter] = done[parameter.key].astype(float) if numeric else done[parameter.key].map(_label)
     ranked = sorted(parameters, key=lambda p: importance(decoded[p], objective), reverse=True)[:most]
     figure, axes = plt.subplots(1, len(ranked), figsize=(4.2 * len(ranked), 3.8), squeeze=False)
     for ax, parameter in zip(axes[0], ranked):
         values = decoded[parameter]
         if values.dtype == object:
-            labels = [label for label in (parameter.labels if parameter.labels is not parameter.values
-                                          else [json.dumps(v) for v in parameter.values])]
+            labels = [_label(v) for v in parameter.values]
             ax.scatter([labels.index(v) for v in values], objective)
             ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
         else:
@@ -469,9 +471,11 @@ def main(argv=None):
     parser.add_argument("--search", required=True, help="the search file: space, tuner, objective, budget")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the base config, e.g. --set data.limit=5000 (repeatable)")
+    parser.add_argument("--max-trials", type=int, help="override the search file's max_trials")
+    parser.add_argument("--epochs", type=int, help="override the search file's epochs per trial")
     args = parser.parse_args(argv)
     base_config = load_config(args.config, args.set)
-    search = load_search(args.search, base_config)
+    search = load_search(args.search, base_config, max_trials=args.max_trials, epochs=args.epochs)
     StopBetweenTrials.install()
     try:
         tune(base_config, search)

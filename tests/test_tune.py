@@ -59,7 +59,7 @@ def test_a_random_search_writes_a_best_yaml_that_train_py_reruns(synthetic_csv, 
         assert row["val_accuracy"] == pytest.approx(history["val_accuracy"].max())
         # Each trial is a normal run of the base config with the trial's values in it.
         assert run_config["train"]["learning_rate"] == pytest.approx(float(row["train.learning_rate"]))
-        assert run_config["model"]["dense"] == json.loads(row["model.dense"])
+        assert run_config["model"]["dense"] == json.loads(row["model.dense"])  # a list, as JSON
         assert run_config["model"]["filters"] == [4] and run_config["train"]["epochs"] == 1
         assert 1e-4 <= run_config["train"]["learning_rate"] <= 1e-2
         assert run_config["model"]["dropout"] in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
