@@ -19,6 +19,7 @@ import gc
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -446,11 +447,18 @@ class StopBetweenTrials:
 
     received = None
 
-    @classmethod
-    def install(cls):
+    def __enter__(self):
+        StopBetweenTrials.received = None
+        self.previous = {}
         for number in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(number) is not signal.SIG_IGN:  # a shell's background job ignores Ctrl-C
-                signal.signal(number, cls._note)
+                self.previous[number] = signal.signal(number, self._note)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        return False
 
     @classmethod
     def _note(cls, number, frame):
@@ -476,9 +484,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     base_config = load_config(args.config, args.set)
     search = load_search(args.search, base_config, max_trials=args.max_trials, epochs=args.epochs)
-    StopBetweenTrials.install()
     try:
-        tune(base_config, search)
+        with StopBetweenTrials():
+            tune(base_config, search)
         return 0
     except (SearchStopped, train.SignalInterrupt, KeyboardInterrupt) as stop:
         cause = getattr(stop, "cause", stop)
@@ -486,8 +494,8 @@ def main(argv=None):
             raise cause from None
         status = getattr(cause, "exit_status", None) or 128 + getattr(cause, "signal_number", signal.SIGINT)
     gc.collect()  # finalize the stopped trial's data pipeline while Python can still run its clean-up
-    print(f"\nsearch interrupted; the same command resumes it: python tune.py --config {args.config} "
-          f"--search {args.search}" + "".join(f" --set {item}" for item in args.set), file=sys.stderr)
+    command = " ".join(shlex.quote(arg) for arg in (sys.argv[1:] if argv is None else argv))
+    print(f"\nsearch interrupted; the same command resumes it: python tune.py {command}", file=sys.stderr)
     return status
 
 

@@ -51,9 +51,8 @@ def short_data(synthetic_csv):
 
 
 def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, short_data):
-    whole = run_script("train.py", *SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
+    # The uninterrupted run trains alongside the one that is interrupted.
+    whole = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=whole")
     run_dir = tmp_path / "broken"
     # Ctrl-C during epoch 2: exit 130, the resume command, and epoch 1 kept.
     process = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=broken")
@@ -64,6 +63,8 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, sho
     assert f"interrupted at epoch 2; resume with: python train.py --resume {run_dir}" in stderr
     assert "Traceback" not in stderr
     assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0]
+    whole_stdout, whole_stderr = whole.communicate(timeout=300)
+    assert whole.returncode == 0, whole_stderr[-3000:]
 
     # kill -9 in the middle of epoch 3 of the resumed run: nothing can run at exit, state is what was on disk.
     process = start("--resume", run_dir, "--no-evaluate")
@@ -108,14 +109,17 @@ def test_a_kill_while_best_keras_is_written_leaves_the_previous_one(tmp_path, sh
                     "--set", "callbacks.checkpoint.save_best_only=false",
                     "--set", f"output.dir={tmp_path}", "--set", "output.name=big")
     wait_for(lambda: epochs_done(run_dir) == 1, process)
-    previous = weights(run_dir / "best.keras")
+    previous = (run_dir / "best.keras").read_bytes()
     wait_for(lambda: (run_dir / "best.writing.keras").exists(), process)
     process.kill()
     process.communicate(timeout=60)
     assert (run_dir / "best.writing.keras").exists()  # caught mid-write
-    for a, b in zip(weights(run_dir / "best.keras"), previous):  # the previous checkpoint, whole
-        np.testing.assert_array_equal(a, b)
-    assert epochs_done(run_dir) == 1
+    # The checkpoint on disk is a whole one: epoch 1's, or (on a busy machine, where the poll can miss epoch 2's
+    # write and catch epoch 3's) epoch 2's, with the state saying so.
+    assert epochs_done(run_dir) in (1, 2)
+    assert any(w.shape[-1] == 8192 for w in weights(run_dir / "best.keras"))  # it loads, with the wide layer
+    if epochs_done(run_dir) == 1:
+        assert (run_dir / "best.keras").read_bytes() == previous
     resumed = run_script("train.py", "--resume", run_dir, "--no-evaluate")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not list(run_dir.glob("*.writing*"))
