@@ -31,6 +31,10 @@ DEFAULTS = {
         "batch_size": 64,
         "learning_rate": 0.001,
         "optimizer": "adam",
+        "schedule": "plateau",
+        "warmup_epochs": 0,
+        "label_smoothing": 0.0,
+        "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0},
         "shuffle": True,
         "seed": None,
         "precision": "auto",
@@ -58,6 +62,7 @@ TYPES = {
 CHOICES = {
     "data.protocol": ("seed", "standard"),
     "train.optimizer": ("adam", "adamw", "sgd", "rmsprop"),
+    "train.schedule": ("plateau", "cosine"),
     "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "train.distribute": ("auto", "none", "mirrored", "multi_worker"),
 }
@@ -221,6 +226,11 @@ def validate(config):
     require(config["train"]["batch_size"] > 0, "train.batch_size", "must be > 0")
     require(config["train"]["learning_rate"] > 0 and math.isfinite(config["train"]["learning_rate"]),
             "train.learning_rate", "must be > 0")
+    require(0 <= config["train"]["warmup_epochs"] < config["train"]["epochs"], "train.warmup_epochs",
+            "must be >= 0 and below train.epochs")
+    require(0 <= config["train"]["label_smoothing"] < 1, "train.label_smoothing", "must be in [0, 1)")
+    for key, most in (("shift", 0.5), ("rotation", 180), ("zoom", 0.5)):
+        require(0 <= config["train"]["augment"][key] <= most, f"train.augment.{key}", f"must be in [0, {most}]")
     for name in ("reduce_lr", "early_stopping", "checkpoint"):
         key = f"callbacks.{name}.monitor"
         require(get_key(config, key) in MONITORS, key, f"must be one of {', '.join(MONITORS)}")

@@ -116,12 +116,16 @@ def _first_line(error):
     return text[0] if text else error.__class__.__name__
 
 
-def predict_probabilities(model, images, batch_size=256):
-    """Class probabilities (N, 7) for uint8 images (N, 48, 48), fed as the notebook did (/ 255).
+def predict_probabilities(model, images, batch_size=256, tta=False):
+    """Class probabilities (N, 7) for uint8 images (N, 48, 48), fed as the notebook did (/ 255). With `tta`,
+    the average over each face and its mirror image (test-time augmentation).
 
     Each batch is padded to a multiple of the devices that split it (JAX data parallelism) and the padding's
     outputs are dropped, so every image is scored exactly once.
     """
+    if tta:
+        return (predict_probabilities(model, images, batch_size)
+                + predict_probabilities(model, images[:, :, ::-1], batch_size)) / 2
     multiple = backends.batch_multiple()
     outputs = []
     for start in range(0, len(images), batch_size):
@@ -133,11 +137,12 @@ def predict_probabilities(model, images, batch_size=256):
     return np.concatenate(outputs).astype(np.float32)
 
 
-def evaluate_model(model, faces, split="PrivateTest", batch_size=256):
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix of `model` on `faces`."""
+def evaluate_model(model, faces, split="PrivateTest", batch_size=256, tta=False):
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of `model` on `faces`; and the
+    class probabilities of every face."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    probabilities = predict_probabilities(model, faces.images, batch_size)
+    probabilities = predict_probabilities(model, faces.images, batch_size, tta)
     predicted = probabilities.argmax(axis=1)
     truth = faces.labels.astype(np.int64)
     classes = list(range(len(data.EMOTIONS)))
@@ -145,6 +150,7 @@ def evaluate_model(model, faces, split="PrivateTest", batch_size=256):
         truth, predicted, labels=classes, zero_division=0)
     return {
         "split": split,
+        "tta": bool(tta),
         "n": int(len(truth)),
         "accuracy": float(np.mean(predicted == truth)),
         "macro_f1": float(np.mean(f1)),
@@ -152,23 +158,35 @@ def evaluate_model(model, faces, split="PrivateTest", batch_size=256):
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                              "support": int(support[i])} for i, name in enumerate(data.EMOTIONS)},
         "confusion_matrix": confusion_matrix(truth, predicted, labels=classes).tolist(),
-    }
+    }, probabilities
 
 
-def report_names(checkpoint):
+def report_names(checkpoint, tta=False):
+    """metrics.json, confusion_matrix.png, predictions.csv for best.keras; metrics-<stem>.json ... for any
+    other checkpoint; -tta added with test-time augmentation."""
     stem = os.path.splitext(os.path.basename(checkpoint))[0]
-    suffix = "" if stem == "best" else f"-{stem}"
-    return f"metrics{suffix}.json", f"confusion_matrix{suffix}.png"
+    suffix = ("" if stem == "best" else f"-{stem}") + ("-tta" if tta else "")
+    return f"metrics{suffix}.json", f"confusion_matrix{suffix}.png", f"predictions{suffix}.csv"
 
 
-def write_report(metrics, out_dir, checkpoint):
-    """metrics.json and confusion_matrix.png (names as report_names) in out_dir; returns their paths."""
+def write_report(metrics, probabilities, faces, out_dir, checkpoint):
+    """metrics.json, confusion_matrix.png and predictions.csv (names as report_names) in out_dir; returns
+    their paths. predictions.csv has one row per face of the split, in file order: the true label, the
+    predicted one and the 7 probabilities, from which anyone can recompute the scores."""
+    import pandas as pd
+
     os.makedirs(out_dir, exist_ok=True)
-    json_name, png_name = report_names(checkpoint)
-    json_path, png_path = os.path.join(out_dir, json_name), os.path.join(out_dir, png_name)
+    paths = [os.path.join(out_dir, name) for name in report_names(checkpoint, metrics.get("tta", False))]
+    json_path, png_path, csv_path = paths
     write_text(json_path, json.dumps(metrics, indent=2) + "\n")
     plot_confusion_matrix(metrics, png_path)
-    return json_path, png_path
+    table = pd.DataFrame({"row": np.arange(len(faces)), "true": faces.labels.astype(np.int64),
+                          "predicted": probabilities.argmax(axis=1)})
+    for index, name in enumerate(data.EMOTIONS):
+        table[f"p_{name}"] = np.round(probabilities[:, index].astype(np.float64), 6)
+    with replaced_atomically(csv_path) as temporary:
+        table.to_csv(temporary, index=False)
+    return paths
 
 
 def plot_confusion_matrix(metrics, path):
@@ -196,7 +214,8 @@ def plot_confusion_matrix(metrics, path):
 
 
 def print_report(metrics):
-    print(f"{metrics['split']} accuracy: {metrics['accuracy']:.4f} ({metrics['n']} images)")
+    tta = " with test-time augmentation (flip)" if metrics.get("tta") else ""
+    print(f"{metrics['split']} accuracy{tta}: {metrics['accuracy']:.4f} ({metrics['n']} images)")
     print(f"{'':>10} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
     for name, row in metrics["per_class"].items():
         print(f"{name:>10} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
@@ -229,14 +248,17 @@ def main(argv=None):
     parser.add_argument("--split", default="PrivateTest", choices=data.USAGES, help="default: PrivateTest")
     parser.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: beside the checkpoint)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average each face's probabilities with its mirror image's")
     args = parser.parse_args(argv)
     model = load_checkpoint(args.checkpoint, args.weights)
     data_path, limit, cache_dir = data_for(args.checkpoint, args.data)
     faces = load_split(data_path, args.split, limit, cache_dir)
-    metrics = evaluate_model(model, faces, args.split, args.batch_size)
+    metrics, probabilities = evaluate_model(model, faces, args.split, args.batch_size, args.tta)
     metrics = {"checkpoint": args.checkpoint, "data": data_path, **metrics}
     print_report(metrics)
-    for path in write_report(metrics, args.out or os.path.dirname(os.path.abspath(args.checkpoint)), args.checkpoint):
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    for path in write_report(metrics, probabilities, faces, out_dir, args.checkpoint):
         print(f"wrote {path}")
     return 0
 

@@ -40,8 +40,7 @@ def build_model(config=None):
     options, train = config["model"], config["train"]
     l2, rate = options["l2"], options["dropout"]
     stem, *blocks = options["filters"]
-    layers = [
-        keras.Input(INPUT_SHAPE),
+    layers = [keras.Input(INPUT_SHAPE), *augmentation(train["augment"]),
         keras.layers.Conv2D(stem, 3, activation="relu", padding="valid",
                             kernel_regularizer=keras.regularizers.L2(l2)),
         keras.layers.Conv2D(stem, 3, activation="relu", padding="same"),
@@ -60,8 +59,26 @@ def build_model(config=None):
     layers.append(keras.layers.Dense(CLASSES, activation="softmax", dtype="float32"))  # float32 under mixed precision
     model = keras.Sequential(layers, name="fer2013_cnn")
     model.compile(optimizer=make_optimizer(train["optimizer"], train["learning_rate"]),
-                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=train["jit_compile"])
+                  loss=(keras.losses.CategoricalCrossentropy(label_smoothing=train["label_smoothing"])
+                        if train["label_smoothing"] else "categorical_crossentropy"),
+                  metrics=["accuracy"], jit_compile=train["jit_compile"])
     return model
+
+
+def augmentation(options):
+    """Keras's random preprocessing layers, first in the network: they change faces while training and pass
+    them through untouched at inference, so a checkpoint needs nothing extra to be evaluated or used."""
+    layers = []
+    if options["flip"]:
+        layers.append(keras.layers.RandomFlip("horizontal", dtype="float32"))
+    if options["shift"]:
+        layers.append(keras.layers.RandomTranslation(options["shift"], options["shift"], fill_mode="nearest",
+                                                     dtype="float32"))
+    if options["rotation"]:
+        layers.append(keras.layers.RandomRotation(options["rotation"] / 360, fill_mode="nearest", dtype="float32"))
+    if options["zoom"]:
+        layers.append(keras.layers.RandomZoom(options["zoom"], fill_mode="nearest", dtype="float32"))
+    return layers
 
 
 # --- the notebook's own files: Keras 2 model.json, save_weights .h5, whole-model .h5/.hd5 ----------------------
@@ -234,9 +251,15 @@ def family_config(model):
     return guess
 
 
+AUGMENTATION_LAYERS = (keras.layers.RandomFlip, keras.layers.RandomTranslation, keras.layers.RandomRotation,
+                       keras.layers.RandomZoom)
+
+
 def _describe(model):
+    """The layer stack, without the augmentation layers (which change nothing at inference)."""
     return [(type(layer).__name__, getattr(layer, "filters", None), getattr(layer, "units", None),
-             getattr(layer, "padding", None), getattr(layer, "rate", None)) for layer in model.layers]
+             getattr(layer, "padding", None), getattr(layer, "rate", None)) for layer in model.layers
+            if not isinstance(layer, AUGMENTATION_LAYERS)]
 
 
 def compare_with_model_py(model):

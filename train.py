@@ -15,6 +15,7 @@ import argparse
 import gc
 import glob
 import json
+import math
 import os
 import platform
 import shutil
@@ -239,10 +240,16 @@ def read_state(run_dir):
 def make_callbacks(config, run_dir, state=None):
     options = config["callbacks"]
     reduce_lr, stopping, checkpoint = options["reduce_lr"], options["early_stopping"], options["checkpoint"]
+    training = config["train"]
+    if training["schedule"] == "cosine":
+        schedule = keras.callbacks.LearningRateScheduler(lambda epoch: cosine_learning_rate(
+            epoch, training["learning_rate"], training["epochs"], training["warmup_epochs"]))
+    else:
+        schedule = keras.callbacks.ReduceLROnPlateau(monitor=monitor_name(reduce_lr["monitor"]),
+                                                     factor=reduce_lr["factor"], patience=reduce_lr["patience"],
+                                                     mode=monitor_mode(reduce_lr["monitor"]), verbose=1)
     callbacks = [
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor_name(reduce_lr["monitor"]), factor=reduce_lr["factor"],
-                                          patience=reduce_lr["patience"], mode=monitor_mode(reduce_lr["monitor"]),
-                                          verbose=1),
+        schedule,
         AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=monitor_name(checkpoint["monitor"]),
                               save_best_only=checkpoint["save_best_only"], mode=monitor_mode(checkpoint["monitor"])),
     ]
@@ -254,6 +261,15 @@ def make_callbacks(config, run_dir, state=None):
         callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")))
     callbacks.append(RunState(run_dir, list(callbacks), state))  # last: it saves what the others did
     return callbacks
+
+
+def cosine_learning_rate(epoch, peak, epochs, warmup_epochs=0):
+    """Linear warm-up to `peak` over the first epochs, then half a cosine down towards 0 by the last one.
+    A function of the epoch alone, so that a resumed run goes on with the same rates."""
+    if epoch < warmup_epochs:
+        return peak * (epoch + 1) / warmup_epochs
+    progress = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
+    return 0.5 * peak * (1 + math.cos(math.pi * progress))
 
 
 def plot_curves(history_csv, path):
@@ -298,8 +314,9 @@ def score(run_dir, model, test):
                 print(f"{name}: not written (the monitored value never improved)")
                 continue
             candidate = evaluate.load_checkpoint(candidate)
-        metrics = {"checkpoint": os.path.join(run_dir, name), **evaluate.evaluate_model(candidate, test)}
-        evaluate.write_report(metrics, run_dir, name)
+        metrics, probabilities = evaluate.evaluate_model(candidate, test)
+        metrics = {"checkpoint": os.path.join(run_dir, name), **metrics}
+        evaluate.write_report(metrics, probabilities, test, run_dir, name)
         results[name] = metrics["accuracy"]
     for name, accuracy in results.items():
         label = "final weights" if name == "last.keras" else "best checkpoint"

@@ -1,0 +1,126 @@
+"""Issue 6's recipe, the parts a CPU can check: augmentation layers, the cosine schedule, label smoothing,
+test-time augmentation and predictions.csv. (The full runs and their accuracy need a GPU.)"""
+import copy
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import data
+import evaluate
+import model as model_lib
+import train
+from common import UserError
+from config import DEFAULTS, load_config
+from conftest import ROOT
+
+
+def small_config(**train_options):
+    config = copy.deepcopy(DEFAULTS)
+    config["model"].update(filters=[4, 8], dense=[8], dropout=0.1)
+    config["train"].update(train_options)
+    return config
+
+
+def faces(n=8, seed=0):
+    return np.random.default_rng(seed).random((n, 48, 48, 1)).astype(np.float32)
+
+
+def test_augmentation_acts_in_training_and_changes_nothing_at_inference():
+    import keras
+
+    augmented = model_lib.build_model(small_config(augment={"flip": True, "shift": 0.1, "rotation": 10, "zoom": 0.1}))
+    plain = model_lib.build_model(small_config())
+    kinds = [type(layer).__name__ for layer in augmented.layers[:4]]
+    assert kinds == ["RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom"]
+    assert augmented.layers[2].factor == (-10 / 360, 10 / 360)
+    plain.set_weights(augmented.get_weights())  # the augmentation layers have no weights
+    x = faces()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(augmented(x, training=False)),
+                               keras.ops.convert_to_numpy(plain(x, training=False)), rtol=1e-6, atol=1e-6)
+    flip = augmented.layers[0]
+    changed = keras.ops.convert_to_numpy(flip(x, training=True))
+    mirrored = [np.array_equal(changed[i], x[i, :, ::-1]) for i in range(len(x))]
+    untouched = [np.array_equal(changed[i], x[i]) for i in range(len(x))]
+    assert all(m or u for m, u in zip(mirrored, untouched)) and any(mirrored)
+    # model.py still recognises its own network under the augmentation
+    assert model_lib.compare_with_model_py(augmented).startswith("model.py's layer stack with model.filters=[4, 8]")
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    rates = [train.cosine_learning_rate(epoch, 1e-3, 10, warmup_epochs=2) for epoch in range(10)]
+    assert rates[0] == pytest.approx(5e-4) and rates[1] == pytest.approx(1e-3)
+    assert rates[2] == pytest.approx(1e-3) and all(a > b for a, b in zip(rates[2:], rates[3:]))
+    assert rates[-1] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+def test_a_cosine_run_logs_the_rates_it_used(tmp_path, synthetic_csv):
+    config = load_config(ROOT / "configs/demo.yaml", [f"data.path={synthetic_csv}", "data.limit=60", "train.epochs=3",
+                                                      "train.schedule=cosine", "train.warmup_epochs=1",
+                                                      "train.label_smoothing=0.1", "train.precision=float32",
+                                                      "train.augment.flip=true", f"output.dir={tmp_path}",
+                                                      "output.name=cosine"])
+    run_dir = train.train(config, evaluate_after=False)
+    history = pd.read_csv(f"{run_dir}/history.csv")
+    expected = [train.cosine_learning_rate(epoch, 1e-3, 3, 1) for epoch in range(3)]
+    np.testing.assert_allclose(history["learning_rate"], expected, rtol=1e-6)
+
+
+def test_label_smoothing_is_in_the_loss():
+    import keras
+
+    network = model_lib.build_model(small_config(label_smoothing=0.1))
+    truth = np.eye(7, dtype=np.float32)[[0, 3]]
+    predicted = np.full((2, 7), 0.05, np.float32)
+    predicted[[0, 1], [0, 3]] = 0.7
+    smoothed = truth * 0.9 + 0.1 / 7
+    expected = float(np.mean(-(smoothed * np.log(predicted)).sum(axis=1)))
+    assert float(keras.ops.convert_to_numpy(network.loss(truth, predicted))) == pytest.approx(expected, rel=1e-5)
+
+
+def test_flip_tta_averages_a_face_and_its_mirror_image():
+    network = model_lib.build_model(small_config())
+    images = np.random.default_rng(1).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    averaged = evaluate.predict_probabilities(network, images, tta=True)
+    expected = (evaluate.predict_probabilities(network, images)
+                + evaluate.predict_probabilities(network, images[:, :, ::-1])) / 2
+    np.testing.assert_allclose(averaged, expected, rtol=1e-6)
+    symmetric = np.concatenate([images[:, :, :24], images[:, :, :24][:, :, ::-1]], axis=2)
+    np.testing.assert_allclose(evaluate.predict_probabilities(network, symmetric, tta=True),
+                               evaluate.predict_probabilities(network, symmetric), rtol=1e-5, atol=1e-7)
+
+
+def test_evaluate_tta_writes_predictions_that_recompute_the_accuracy(trained_run, synthetic_csv, tmp_path):
+    run_dir, _ = trained_run
+    assert evaluate.main(["--checkpoint", str(run_dir / "best.keras"), "--tta", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics-tta.json").read_text())
+    assert metrics["tta"] is True and metrics["split"] == "PrivateTest"
+    table = pd.read_csv(tmp_path / "predictions-tta.csv")
+    test = data.read_faces(str(synthetic_csv), None)
+    test = test.select(test.usage == data.USAGES.index("PrivateTest"))
+    assert len(table) == metrics["n"] == len(test)
+    np.testing.assert_array_equal(table["true"], test.labels)  # file order
+    probabilities = table[[f"p_{name}" for name in data.EMOTIONS]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    np.testing.assert_array_equal(table["predicted"], probabilities.argmax(axis=1))
+    assert (table["predicted"] == table["true"]).mean() == pytest.approx(metrics["accuracy"])
+    # train.py's own scoring wrote the same files, without TTA, for both checkpoints
+    plain = pd.read_csv(run_dir / "predictions.csv")
+    assert len(plain) == len(table) and (run_dir / "predictions-last.csv").is_file()
+    assert (plain["predicted"] == plain["true"]).mean() == pytest.approx(
+        json.loads((run_dir / "metrics.json").read_text())["accuracy"])
+
+
+def test_the_improved_config_and_its_bad_values():
+    config = load_config(ROOT / "configs/improved.yaml")
+    assert config["data"]["protocol"] == "standard" and config["train"]["schedule"] == "cosine"
+    assert config["train"]["augment"] == {"flip": True, "shift": 0.1, "rotation": 10, "zoom": 0.1}
+    assert model_lib.build_model(config).count_params() == 9_014_727  # the notebook's network
+    for override, message in (("train.augment.rotation=270", "must be in [0, 180]"),
+                              ("train.label_smoothing=1", "must be in [0, 1)"),
+                              ("train.warmup_epochs=200", "must be >= 0 and below train.epochs"),
+                              ("train.schedule=step", "must be one of plateau, cosine")):
+        with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            load_config(ROOT / "configs/improved.yaml", [override])
