@@ -311,8 +311,8 @@ def check_same_search(search_dir, base_config, search):
     if earlier is not None:
         earlier = json.loads(earlier)
         for part in ("search", "config"):
-            differing = sorted(key for key in set(flatten(earlier[part])) | set(flatten(settings[part]))
-                               if flatten(earlier[part]).get(key) != flatten(settings[part]).get(key))
+            before, now = flatten(earlier[part]), flatten(settings[part])
+            differing = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
             if differing:
                 raise UserError(f"{search_dir} holds a search with another {part} ({differing[0]} differs): "
                                 "give this one another name (the search file's 'name')")
