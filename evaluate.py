@@ -46,7 +46,7 @@ def load_checkpoint(path, weights=None):
         if text is not None:
             model = model_lib.keras2_model(text, path, path)
             print(f"{path}: a Keras 2 model file; {model_lib.compare_with_model_py(model)}")
-        elif _is_weights_only(path):
+        elif model_lib.is_keras2_weights_only(path):
             raise UserError(f"{path} holds weights only: give the model.json as --checkpoint and this file as --weights")
         else:
             model = _keras_load(path)
@@ -61,13 +61,6 @@ def _keras_load(path):
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a foreign file
         raise UserError(f"{path}: not a loadable Keras model: {_first_line(error)}") from None
-
-
-def _is_weights_only(path):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return "layer_names" in f.attrs and "model_config" not in f.attrs
 
 
 def _load_json(path, weights):

@@ -8,6 +8,7 @@ Conv2D(64, valid, L2) - Conv2D(64, same) - BN - MaxPool - Dropout, then for f in
 Dense(7, softmax). `model.filters` and `model.dense` change the widths (the demo uses a small one).
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -172,25 +173,41 @@ def keras2_model(text, source, weights_path):
     return set_keras2_weights(from_keras2_json(text, source), stored, weights_path)
 
 
-def read_keras2_weights(path):
-    """{layer name: [arrays]} from Keras 2 HDF5 weights (save_weights, or a whole-model file's model_weights)."""
+@contextlib.contextmanager
+def _hdf5(path):
+    """The HDF5 file at `path`, read-only; one UserError if it is truncated or not HDF5 at all."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            root = f["model_weights"] if "model_weights" in f else f
-            if "layer_names" not in root.attrs:
-                raise UserError(f"{path}: not a Keras 2 weights file (no layer_names)")
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in root.attrs["layer_names"]]
-            stored = {}
-            for name in names:
-                weight_names = [w.decode() if isinstance(w, bytes) else str(w)
-                                for w in root[name].attrs.get("weight_names", [])]
-                if weight_names:
-                    stored[name] = [np.asarray(root[name][w]) for w in weight_names]
+            yield f
     except OSError as error:
         raise UserError(f"{path}: truncated or not an HDF5 file ({str(error).split(';')[0]})") from None
+
+
+def _text(value):
+    """An HDF5 attribute as str: Keras 2 wrote bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_keras2_weights(path):
+    """{layer name: [arrays]} from Keras 2 HDF5 weights (save_weights, or a whole-model file's model_weights)."""
+    with _hdf5(path) as f:
+        root = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" not in root.attrs:
+            raise UserError(f"{path}: not a Keras 2 weights file (no layer_names)")
+        stored = {}
+        for name in map(_text, root.attrs["layer_names"]):
+            weight_names = [_text(w) for w in root[name].attrs.get("weight_names", [])]
+            if weight_names:
+                stored[name] = [np.asarray(root[name][w]) for w in weight_names]
     return stored
+
+
+def is_keras2_weights_only(path):
+    """Whether `path` holds save_weights output (layers' weights, no model description)."""
+    with _hdf5(path) as f:
+        return "layer_names" in f.attrs and "model_config" not in f.attrs
 
 
 def set_keras2_weights(model, stored, path):
@@ -206,28 +223,22 @@ def set_keras2_weights(model, stored, path):
     if [layer.name for layer in weighted] != list(stored):
         raise UserError(f"{path}: the layers come in another order than in the model ({', '.join(stored)})")
     for layer in weighted:
-        arrays, expected = stored[layer.name], [w.shape for w in layer.get_weights()]
-        if [a.shape for a in arrays] != [tuple(s) for s in expected]:
+        arrays, expected = stored[layer.name], [tuple(w.shape) for w in layer.weights]
+        if [a.shape for a in arrays] != expected:
             raise UserError(f"{path}: layer {layer.name} has weights of shapes {[a.shape for a in arrays]}, "
-                            f"the model's are {[tuple(s) for s in expected]}")
+                            f"the model's are {expected}")
         layer.set_weights(arrays)
     return model
 
 
 def keras2_model_config(path):
     """The model_config JSON of a Keras 2 whole-model HDF5 file (model.save / ModelCheckpoint), else None."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            text = f.attrs.get("model_config")
-            version = f.attrs.get("keras_version", b"")
-    except OSError as error:
-        raise UserError(f"{path}: truncated or not an HDF5 file ({str(error).split(';')[0]})") from None
+    with _hdf5(path) as f:
+        text = f.attrs.get("model_config")
+        version = f.attrs.get("keras_version", b"")
     if text is None:
         return None
-    text = text.decode() if isinstance(text, bytes) else str(text)
-    version = version.decode() if isinstance(version, bytes) else str(version)
+    text, version = _text(text), _text(version)
     return text if version.startswith("2.") or is_keras2_json(json.loads(text)) else None
 
 

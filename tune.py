@@ -29,7 +29,7 @@ import numpy as np
 
 import train
 from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically, write_text
-from config import (DEFAULTS, MONITORS, TYPES, dump, flatten, get_key, load_config, monitor_mode, monitor_name,
+from config import (DEFAULTS, MONITORS, TYPES, dump, flatten, load_config, monitor_mode, monitor_name,
                     read_yaml, set_key, validate)
 
 with native_stderr_held():
@@ -202,10 +202,10 @@ class SearchStopped(keras_tuner.errors.FatalError):
         self.cause = cause
 
 
-def trial_config(base_config, search, parameters, values, trial_dir):
+def trial_config(base_config, search, values, trial_dir):
     """The base config with this trial's values, its epochs, and its run directory."""
     config = copy.deepcopy(base_config)
-    for parameter in parameters:
+    for parameter in search["parameters"]:
         set_key(config, parameter.key, copy.deepcopy(parameter.value(values[parameter.key])), source="search")
     config["train"]["epochs"] = values.get("tuner/epochs", search["epochs"]) - values.get("tuner/initial_epoch", 0)
     config["output"]["dir"], config["output"]["name"] = trial_dir, RUN
@@ -239,7 +239,7 @@ class TrainingTuner(keras_tuner.Tuner):
         values = trial.hyperparameters.values
         trial_dir = self.get_trial_dir(trial.trial_id)
         run_dir = os.path.join(trial_dir, RUN)
-        config = trial_config(self.base_config, self.search_spec, self.search_spec["parameters"], values, trial_dir)
+        config = trial_config(self.base_config, self.search_spec, values, trial_dir)
         seconds_file = os.path.join(trial_dir, "seconds")
         seconds = float(_read(seconds_file) or 0)
         started = time.monotonic()
@@ -253,13 +253,12 @@ class TrainingTuner(keras_tuner.Tuner):
                     config["train"]["epochs"] = values["tuner/epochs"]  # its parent ran elsewhere: start over
                 train.train(config, evaluate_after=False, init_weights=init)
             elif not state.get("finished"):
-                train.train(load_config(os.path.join(run_dir, "config.yaml")), evaluate_after=False,
-                            resume_dir=run_dir)
+                train.resume(run_dir, evaluate_after=False)
         except (train.Interrupted, UserError) as stop:
-            write_text(seconds_file, str(seconds + time.monotonic() - started))
             raise SearchStopped(stop) from None
-        seconds += time.monotonic() - started
-        write_text(seconds_file, str(seconds))
+        finally:
+            seconds += time.monotonic() - started
+            write_text(seconds_file, str(seconds))
         parent_epochs = values.get("tuner/epochs", config["train"]["epochs"]) - config["train"]["epochs"]
         return trial_metrics(run_dir, self.search_spec, seconds, parent_epochs)
 

@@ -205,7 +205,7 @@ def test_hyperband_trials_take_their_epochs_from_the_bracket(tmp_path):
     path.write_text("tuner: hyperband\nepochs: 9\nspace:\n  model.dense: [[8], [16, 16]]\n  model.l2: {min: 0.0, max: 0.1}\n")
     search = tune.load_search(str(path), config)
     values = {"model.dense": "[16, 16]", "model.l2": 0.05, "tuner/epochs": 9, "tuner/initial_epoch": 3}
-    trial = tune.trial_config(config, search, search["parameters"], values, str(tmp_path / "trial_7"))
+    trial = tune.trial_config(config, search, values, str(tmp_path / "trial_7"))
     assert trial["train"]["epochs"] == 6 and trial["model"]["dense"] == [16, 16] and trial["model"]["l2"] == 0.05
     assert trial["output"] == {**config["output"], "dir": str(tmp_path / "trial_7"), "name": "run"}
     oracle = tune.make_oracle(search)
