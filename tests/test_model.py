@@ -2,6 +2,7 @@ import copy
 
 import keras
 import numpy as np
+import pytest
 
 from config import DEFAULTS
 from model import build_model
@@ -75,3 +76,66 @@ def test_the_published_model_json_head_is_one_config_away():
     config = copy.deepcopy(DEFAULTS)
     config["model"]["dense"] = [256, 128, 48]
     assert build_model(config).count_params() == 8_356_679
+
+
+def _tiny_config():
+    config = copy.deepcopy(DEFAULTS)
+    config["model"].update(filters=[8, 16], dense=[16])
+    return config
+
+
+def _numbers(tensor):
+    return keras.ops.convert_to_numpy(tensor).astype("float32")
+
+
+def _small_bn_model():
+    return keras.Sequential([keras.Input((5, 5, 3)), keras.layers.Conv2D(8, 3, padding="same"),
+                             keras.layers.BatchNormalization(momentum=0.5), keras.layers.Flatten(),
+                             keras.layers.Dense(7, activation="softmax", dtype="float32")])
+
+
+@pytest.mark.parametrize("policy, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 1e-2)])
+def test_fused_batch_normalization_computes_what_keras_does(policy, tolerance):
+    """Outputs, moving statistics and gradients of the fused layers match Keras's own BatchNormalization."""
+    import tensorflow as tf
+
+    from model import fuse_batch_normalization
+
+    rng = np.random.default_rng(0)
+    faces, labels = rng.normal(2, 3, (16, 5, 5, 3)).astype("float32"), np.eye(7)[rng.integers(0, 7, 16)]
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        ours, theirs = _small_bn_model(), _small_bn_model()
+        theirs.set_weights(ours.get_weights())
+        assert fuse_batch_normalization(ours) is ours
+        results = []
+        for model in (ours, theirs):
+            with tf.GradientTape() as tape:
+                loss = keras.losses.categorical_crossentropy(labels, model(faces, training=True))
+            gradients = tape.gradient(loss, model.trainable_variables)
+            results.append([_numbers(gradient) for gradient in gradients]
+                           + [_numbers(variable) for variable in model.layers[1].non_trainable_variables]
+                           + [_numbers(loss), _numbers(model(faces, training=False))])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    gradient_names = [variable.path for variable in ours.trainable_variables]
+    for name, mine, keras_own in zip(gradient_names + ["moving_mean", "moving_variance", "loss", "inference"],
+                                     *results):
+        if "conv2d" in name and name.endswith("bias"):
+            continue  # zero up to rounding: BatchNormalization takes every channel's mean away
+        scale = np.abs(keras_own).max()
+        assert np.abs(mine - keras_own).max() <= tolerance * scale, name
+    assert not np.allclose(results[0][-3], 0)  # the loss depends on the batch
+
+
+def test_fused_batch_normalization_leaves_checkpoints_keras_own(tmp_path):
+    model = build_model(_tiny_config())
+    assert keras.backend.backend() != "tensorflow" or any(
+        "call" in vars(layer) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    normalizations = [layer for layer in reloaded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert normalizations and all(type(layer) is keras.layers.BatchNormalization and "call" not in vars(layer)
+                                  for layer in normalizations)
+    faces = np.random.default_rng(1).random((4, 48, 48, 1)).astype("float32")
+    np.testing.assert_allclose(reloaded.predict(faces, verbose=0), model.predict(faces, verbose=0), atol=1e-5)

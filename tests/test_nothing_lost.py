@@ -1,6 +1,5 @@
 """Issue 4: resumable training, atomic checkpoints, reproducible runs, clear errors for bad checkpoints and output."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """Issue 3: the parse cache, precision and XLA choices, data parallelism, and the other Keras backends."""
 import json
 import os
-import time
 
 import numpy as np
 import pandas as pd
@@ -278,6 +277,39 @@ def test_bench_speed_figures_count_what_they_timed(synthetic_csv):
             assert figure["images_per_second"] == pytest.approx(max(figure["segments"]), abs=0.01)
             assert len(figure["segments"]) == len(figure["segment_cpu_cores"]) == bench.SEGMENTS
         figure = bench.measure_train("ours", str(synthetic_csv), "mixed_bfloat16", 3, 4)
-        assert figure["images_per_second"] > 0 and len(figure["segments"]) == 3
+        assert figure["images_per_second"] > 0 and len(figure["segments"]) == 3 and figure["timed_steps"] == 3
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_onednn_times_count_the_timed_steps_only():
+    import bench
+
+    def exec_line(stamp, direction, ms):
+        return (f"onednn_verbose,v1,{stamp},primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,{direction},"
+                "src:f32::blocked:acdb::f0 wei:f32::blocked:cdba::f0,attr-scratchpad:user,alg:convolution_direct,"
+                f"mb4_ic1oc8_ih48oh46kh3sh1dh0ph0_iw48ow46kw3sw1dw0pw0,{ms}")
+
+    log = "\n".join(["onednn_verbose,v1,info,oneDNN v3.7.3 (commit N/A)",
+                     "onednn_verbose,v1,primitive,info,template:timestamp,operation,engine,primitive,exec_time",
+                     exec_line(999.5, "forward_training", 7.0),  # a warm-up step
+                     "Epoch 1/1", exec_line(1000.0, "forward_training", 2.5), exec_line(1000.1, "forward_training", 1.5),
+                     exec_line(1001.25, "backward_weights", 4.0),
+                     "onednn_verbose,v1,1002.0,graph,exec,cpu,1,compiled_partition,Conv,,,f32,dnnl_backend,9.0"])
+    assert bench.onednn_milliseconds(log, since_ms=1000.0) == {("convolution", "forward_training"): 4.0,
+                                                               ("convolution", "backward_weights"): 4.0}
+
+
+def test_bench_kernels_finds_the_convolutions_in_onednns_log(synthetic_csv):
+    import backends
+
+    if backends.backend() != "tensorflow":
+        pytest.skip("oneDNN's log comes from TensorFlow's CPU kernels")
+    result = run_script("bench.py", "kernels", "--data", synthetic_csv, "--steps", 3, "--batch-size", 4,
+                        "--precisions", "float32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = {figure["what"]: figure for figure in _figures(result.stdout)}
+    directions = ("forward_training", "backward_data", "backward_weights")
+    assert all(figures[f"convolution {d}"]["float32_ms_per_batch"] > 0 for d in directions)
+    assert figures["all"]["float32_ms_per_batch"] == pytest.approx(
+        sum(f["float32_ms_per_batch"] for what, f in figures.items() if what not in ("all", "training images/s (oneDNN log on)")))
