@@ -139,3 +139,20 @@ def test_fused_batch_normalization_leaves_checkpoints_keras_own(tmp_path):
                                   for layer in normalizations)
     faces = np.random.default_rng(1).random((4, 48, 48, 1)).astype("float32")
     np.testing.assert_allclose(reloaded.predict(faces, verbose=0), model.predict(faces, verbose=0), atol=1e-5)
+
+
+def test_a_frozen_fused_batch_normalization_stays_in_inference_mode():
+    from model import fuse_batch_normalization
+
+    faces = np.random.default_rng(2).normal(1, 2, (6, 5, 5, 3)).astype("float32")
+    frozen, learning, keras_own = _small_bn_model(), _small_bn_model(), _small_bn_model()
+    for model in (learning, keras_own):
+        model.set_weights(frozen.get_weights())
+    fuse_batch_normalization(frozen)
+    fuse_batch_normalization(learning)
+    frozen.layers[1].trainable = False
+    before = _numbers(frozen.layers[1].moving_variance)
+    outputs = _numbers(frozen(faces, training=True))
+    np.testing.assert_allclose(outputs, _numbers(keras_own(faces, training=False)), atol=1e-6)
+    np.testing.assert_array_equal(_numbers(frozen.layers[1].moving_variance), before)
+    assert not np.allclose(outputs, _numbers(learning(faces, training=True)), atol=1e-3)  # batch statistics differ
