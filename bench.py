@@ -229,16 +229,15 @@ def bench_images_per_second(job, path, precisions, rounds, *sizes):
     of the machine touches every figure alike; each figure keeps its best round."""
     label = "model.fit" if job == "train" else "model.predict"
     runs = [("notebook", "float32", f"notebook {label}")] + [("ours", p, f"ours {p}") for p in precisions]
-    best = {}
+    best, rates = {}, collections.defaultdict(list)
     for _ in range(rounds):
         for how, precision, what in runs:
             figure = in_child(job, how, path, precision, *sizes)[0]
             figure.pop("timed_since_ms", None)
-            rates = best.get(what, {}).get("rounds", []) + [round(figure["images_per_second"], 2)]
+            rates[what].append(round(figure["images_per_second"], 2))
             if what not in best or figure["images_per_second"] > best[what]["images_per_second"]:
                 best[what] = {"bench": job, "what": what, "precision": precision, **figure}
-            best[what]["rounds"] = rates
-    figures = [best[what] for _, _, what in runs]
+    figures = [{**best[what], "rounds": rates[what]} for _, _, what in runs]
     notebook = figures[0]["images_per_second"]
     for figure in figures[1:]:
         figure["speedup_vs_notebook"] = figure["images_per_second"] / notebook
