@@ -69,6 +69,20 @@ def cpu_flags():
     return set()
 
 
+def cpu_model():
+    """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere)."""
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or None
+
+
 def choose_precision(setting):
     """(Keras dtype policy, why) for train.precision.
 

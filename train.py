@@ -115,9 +115,9 @@ class RunState(keras.callbacks.Callback):
     written in place; this keeps the rest too.
     """
 
-    def __init__(self, run_dir, callbacks, state=None):
+    def __init__(self, run_dir, callbacks, state=None, shuffle_seed=None):
         super().__init__()
-        self.run_dir, self.callbacks = run_dir, callbacks
+        self.run_dir, self.callbacks, self.shuffle_seed = run_dir, callbacks, shuffle_seed
         self.state = state or {"epochs_done": 0, "history": [], "callbacks": {}, "training_over": False}
 
     def on_train_begin(self, logs=None):
@@ -126,7 +126,11 @@ class RunState(keras.callbacks.Callback):
             for name, value in self.state["callbacks"].get(str(index), {}).items():
                 setattr(callback, name, value)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.time()
+
     def on_epoch_end(self, epoch, logs=None):
+        logs = {**logs, "seconds": time.time() - self.epoch_started}
         weights = f"state-{(epoch + 1) % 2}.weights.h5"
         with replaced_atomically(os.path.join(self.run_dir, weights)) as temporary:
             self.model.save_weights(temporary)
@@ -135,6 +139,7 @@ class RunState(keras.callbacks.Callback):
             names = next((names for kind, names in CALLBACK_STATE.items() if isinstance(callback, kind)), ())
             counters[str(index)] = {name: _plain(getattr(callback, name)) for name in names}
         self.state = {"epochs_done": epoch + 1, "weights": weights, "random": random_state(self.model),
+                      "shuffle_seed": self.shuffle_seed,
                       "history": self.state["history"] + [{"epoch": epoch, **{k: _plain(v) for k, v in logs.items()}}],
                       "callbacks": counters, "training_over": bool(self.model.stop_training)}
         write_history(self.run_dir, self.state["history"])
@@ -237,7 +242,7 @@ def read_state(run_dir):
         raise UserError(f"{run_dir}: not a resumable run ({STATE}: {getattr(error, 'strerror', None) or error})") from None
 
 
-def make_callbacks(config, run_dir, state=None):
+def make_callbacks(config, run_dir, state=None, shuffle_seed=None):
     options = config["callbacks"]
     reduce_lr, stopping, checkpoint = options["reduce_lr"], options["early_stopping"], options["checkpoint"]
     training = config["train"]
@@ -259,7 +264,7 @@ def make_callbacks(config, run_dir, state=None):
             patience=stopping["patience"], mode=monitor_mode(stopping["monitor"]), verbose=1))
     if config["output"]["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")))
-    callbacks.append(RunState(run_dir, list(callbacks), state))  # last: it saves what the others did
+    callbacks.append(RunState(run_dir, list(callbacks), state, shuffle_seed))  # last: it saves what the others did
     return callbacks
 
 
@@ -338,7 +343,8 @@ def environment(precision, why, model, distribution):
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": commit,
-            "python": platform.python_version(), "platform": platform.platform(), "versions": versions,
+            "python": platform.python_version(), "platform": platform.platform(), "cpu": backends.cpu_model(),
+            "cpu_bfloat16": sorted({"avx512_bf16", "amx_bf16"} & backends.cpu_flags()), "versions": versions,
             "backend": backends.backend(), "devices": backends.describe_devices(),
             "precision": precision, "precision_reason": why, "jit_compile": bool(model.jit_compile),
             "distribution": distribution.describe()}
@@ -384,6 +390,10 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     options = config["train"]
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
+    # Without train.seed, the epochs' order still comes from one seed, drawn once and kept in state.json, so a
+    # resumed run visits the faces in the order the uninterrupted one would have.
+    shuffle_seed = options["seed"] if options["seed"] is not None else (state or {}).get(
+        "shuffle_seed", int(np.random.SeedSequence().entropy % 2**32))
     precision, why = backends.choose_precision(options["precision"])
     keras.mixed_precision.set_global_policy(precision)
     distribution = backends.Distribution(backends.choose_distribution(options["distribute"]))
@@ -412,13 +422,14 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
             print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
             print(f"precision {precision} ({why}), XLA {'on' if model.jit_compile else 'off'}, "
                   f"distribution {distribution.describe()}")
-            record_environment(run_dir, environment(precision, why, model, distribution), resumed=bool(state))
-            callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state)
+            record_environment(run_dir, {**environment(precision, why, model, distribution),
+                                         "epochs_done_at_start": state["epochs_done"] if state else 0}, resumed=bool(state))
+            callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, shuffle_seed)
             first_epoch = state["epochs_done"] if state else 0
             if not (state and state["training_over"]) and first_epoch < options["epochs"]:
                 batches = dict(batch_size=options["batch_size"], multiple=multiple,
                                workers=backends.prefetch_workers())
-                model.fit(Batches(train_faces, shuffle=options["shuffle"], seed=options["seed"], epoch=first_epoch,
+                model.fit(Batches(train_faces, shuffle=options["shuffle"], seed=shuffle_seed, epoch=first_epoch,
                                   **batches),
                           validation_data=Batches(validation, **batches), epochs=options["epochs"],
                           initial_epoch=first_epoch, callbacks=callbacks, shuffle=False)
