@@ -5,6 +5,7 @@
     python bench.py predict [--data PATH] [--images 2048] [--rounds 2]
     python bench.py all     [--data PATH]
     python bench.py kernels [--data PATH] [--steps 30] [--batch-size 64]   # TensorFlow: where training time goes
+    python bench.py precision [--seeds 5]       # does each precision train as well as float32? (no FER2013 needed)
 
 train, predict and kernels take --precisions (default float32,mixed_bfloat16, and mixed_float16 with a GPU).
 
@@ -15,6 +16,12 @@ cores it kept busy (CPU time / wall time): a figure far below the core count was
 by the code, and is worth measuring again. Speed figures take turns over --rounds rounds, so that a slow spell of
 the machine does not fall on one figure only. Prints a table, then one JSON line per figure, with ratios against
 the notebook's way.
+
+`precision` is the accuracy check behind train.precision's auto choice: the demo's network (configs/demo.yaml) trained
+on the tests' 2,000 synthetic faces, once per seed and precision, each in a fresh process, scored on their
+PrivateTest rows with the final weights, the best checkpoint, and the final weights after BatchNormalization's
+moving statistics are recomputed exactly from the training faces. The last one shows what the network learned
+apart from how far the moving statistics (which inference uses) lag behind the weights after a few epochs.
 
 `kernels` explains the training figures: it trains as `train` does with oneDNN's verbose log on (TensorFlow's
 CPU kernels) and sums oneDNN's own time per primitive and direction over the timed steps, per precision.
@@ -167,9 +174,57 @@ def measure_predict(how, path, precision, images):
     return best_of([timed(predict, images) for _ in range(SEGMENTS)])
 
 
+def measure_precision(seed, precision, folder):
+    """PrivateTest accuracy of the demo's network trained with this seed and precision on the synthetic check."""
+    import contextlib
+    import io
+
+    import data
+    import evaluate
+    import train
+    from config import load_config
+
+    path = os.path.join(folder, "synthetic.csv")
+    data.write_csv(path, data.make_synthetic(2000, seed=1))
+    config = load_config(os.path.join(HERE, "configs", "demo.yaml"), [
+        f"data.path={path}", "data.cache_dir=null", f"train.seed={seed}", f"train.precision={precision}",
+        f"output.dir={folder}", "output.name=run"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_dir = train.train(config)
+    scores = {}
+    for name, stem in (("final", "metrics-last.json"), ("best", "metrics.json")):
+        with open(os.path.join(run_dir, stem)) as f:
+            scores[name] = json.load(f)["accuracy"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_faces, _, test = train.prepare_data(config)
+    model = evaluate.load_checkpoint(os.path.join(run_dir, "last.keras"))
+    recompute_batch_norm_statistics(model, data.to_float(train_faces.images))
+    scores["final_bn_recomputed"] = float(np.mean(model.predict(data.to_float(test.images), verbose=0).argmax(axis=1)
+                                                  == test.labels))
+    return scores
+
+
+def recompute_batch_norm_statistics(model, images):
+    """Set every BatchNormalization layer's moving mean and variance to the exact statistics of its inputs over
+    `images`, in inference mode (dropout off), layer after layer."""
+    import keras
+
+    for index, layer in enumerate(model.layers):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = keras.Model(model.inputs, model.layers[index - 1].output).predict(images, verbose=0)
+            inputs = inputs.astype(np.float64).reshape(-1, inputs.shape[-1])
+            layer.moving_mean.assign(inputs.mean(axis=0).astype(np.float32))
+            layer.moving_variance.assign(inputs.var(axis=0).astype(np.float32))
+
+
 def child_main(argv):
+    import backends  # noqa: F401  (TensorFlow's settings, as the scripts make them, before Keras starts it)
+
     job, how, *rest = argv
-    if job == "load":
+    if job == "precision":
+        with tempfile.TemporaryDirectory() as folder:
+            result = measure_precision(int(how), rest[0], folder)
+    elif job == "load":
         path, cache_dir = rest
         result = measure_load(how, path, cache_dir)
     elif job == "train":
@@ -194,6 +249,7 @@ def in_child(*args, env=None):
 
 
 def machine():
+    import backends
     import keras
 
     cpu = platform.processor() or platform.machine()
@@ -203,7 +259,7 @@ def machine():
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "keras": keras.__version__, "backend": keras.backend.backend()}
+            "keras": keras.__version__, "backend": keras.backend.backend(), "onednn": backends.onednn_enabled()}
 
 
 def bench_load(path, repeat):
@@ -303,6 +359,32 @@ def print_kernel_table(figures, precisions):
           + "".join(f"{f[p + '_speedup']:>22.2f}" for p in others))
 
 
+def bench_precision(precisions, seeds):
+    """Per precision, the synthetic check's accuracies over `seeds` seeds (taking turns, a fresh process each)."""
+    scores = collections.defaultdict(list)
+    for seed in range(seeds):
+        for precision in precisions:
+            scores[precision].append(in_child("precision", seed, precision)[0])
+    figures = []
+    for precision in precisions:
+        figure = {"bench": "precision", "what": precision, "seeds": seeds}
+        for key in ("final", "best", "final_bn_recomputed"):
+            values = [score[key] for score in scores[precision]]
+            figure[key] = values
+            figure[f"{key}_mean"] = float(np.mean(values))
+        figures.append(figure)
+    return figures
+
+
+def print_precision_table(figures):
+    print("synthetic check: PrivateTest accuracy (200 faces) of the demo's network, mean over seeds [each seed]")
+    for key, label in (("final", "final weights"), ("best", "best checkpoint"),
+                       ("final_bn_recomputed", "final, BN statistics recomputed")):
+        print(f"  {label}")
+        for f in figures:
+            print(f"    {f['what']:<16} {f[key + '_mean']:.3f}  [{' '.join(f'{v:.3f}' for v in f[key])}]")
+
+
 def print_table(figures):
     print(f"{'bench':<8} {'what':<36} {'seconds':>9} {'peak MiB':>9} {'images/s':>9} {'x notebook':>10} {'cores':>6}")
     for f in figures:
@@ -320,20 +402,21 @@ def main(argv=None):
     if argv[:1] == ["--child"]:
         return child_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("job", choices=("load", "train", "predict", "all", "kernels"))
+    parser.add_argument("job", choices=("load", "train", "predict", "all", "kernels", "precision"))
     parser.add_argument("--data", default="data/fer2013.csv", help="a FER2013 CSV (default data/fer2013.csv)")
     parser.add_argument("--repeat", type=int, default=3, help="load: fresh processes per figure (median)")
     parser.add_argument("--steps", type=int, default=30, help="train: timed steps per figure")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--images", type=int, default=2048, help="predict: images per figure")
+    parser.add_argument("--seeds", type=int, default=5, help="precision: training seeds per precision (default 5)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="train, predict: rounds taking turns over the figures; each keeps its best (default 2)")
     parser.add_argument("--precisions", default=None,
                         help="comma-separated (default: float32, mixed_bfloat16, and mixed_float16 with a GPU)")
     args = parser.parse_args(argv)
-    if min(args.repeat, args.steps, args.batch_size, args.images, args.rounds) < 1:
-        raise UserError("--repeat, --steps, --batch-size, --images and --rounds must be 1 or more")
-    if not os.path.isfile(args.data):
+    if min(args.repeat, args.steps, args.batch_size, args.images, args.rounds, args.seeds) < 1:
+        raise UserError("--repeat, --steps, --batch-size, --images, --rounds and --seeds must be 1 or more")
+    if args.job != "precision" and not os.path.isfile(args.data):
         raise UserError(f"{args.data}: no such file (bench.py needs a FER2013-format CSV; give it with --data)")
     figures = []
     if args.job in ("load", "all"):
@@ -348,11 +431,15 @@ def main(argv=None):
         figures += bench_images_per_second("predict", args.data, precisions, args.rounds, args.images)
     if args.job == "kernels":
         figures += bench_kernels(args.data, precisions, args.steps, args.batch_size)
+    if args.job == "precision":
+        figures += bench_precision(precisions, args.seeds)
     about = machine()
     print(f"machine: {about['cpu']}, {about['cores']} cores; Python {about['python']}, NumPy {about['numpy']}, "
           f"Keras {about['keras']} ({about['backend']})")
     if args.job == "kernels":
         print_kernel_table(figures, precisions)
+    elif args.job == "precision":
+        print_precision_table(figures)
     else:
         print_table(figures)
     print(json.dumps({"bench": "machine", **about}))

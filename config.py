@@ -25,6 +25,7 @@ DEFAULTS = {
         "dense": [512, 256, 128, 64],
         "l2": 0.01,
         "dropout": 0.5,
+        "batch_norm_momentum": 0.99,
     },
     "train": {
         "epochs": 100,
@@ -222,6 +223,7 @@ def validate(config):
     require(len(config["model"]["filters"]) >= 1, "model.filters", "needs at least one entry")
     require(config["model"]["l2"] >= 0, "model.l2", "must be >= 0")
     require(0 <= config["model"]["dropout"] < 1, "model.dropout", "must be in [0, 1)")
+    require(0 <= config["model"]["batch_norm_momentum"] < 1, "model.batch_norm_momentum", "must be in [0, 1)")
     require(config["train"]["epochs"] > 0, "train.epochs", "must be > 0")
     require(config["train"]["batch_size"] > 0, "train.batch_size", "must be > 0")
     require(config["train"]["learning_rate"] > 0 and math.isfinite(config["train"]["learning_rate"]),

@@ -41,20 +41,20 @@ def build_model(config=None, fused_batch_norm=True):
     `fused_batch_norm=False` keeps Keras's own BatchNormalization computation (see fuse_batch_normalization)."""
     config = config or DEFAULTS
     options, train = config["model"], config["train"]
-    l2, rate = options["l2"], options["dropout"]
+    l2, rate, momentum = options["l2"], options["dropout"], options["batch_norm_momentum"]
     stem, *blocks = options["filters"]
     layers = [keras.Input(INPUT_SHAPE), *augmentation(train["augment"]),
         keras.layers.Conv2D(stem, 3, activation="relu", padding="valid",
                             kernel_regularizer=keras.regularizers.L2(l2)),
         keras.layers.Conv2D(stem, 3, activation="relu", padding="same"),
-        keras.layers.BatchNormalization(),
+        keras.layers.BatchNormalization(momentum=momentum),
         keras.layers.MaxPooling2D(2, strides=2),
         keras.layers.Dropout(rate),
     ]
     for filters in blocks:
         for _ in range(3):
             layers += [keras.layers.Conv2D(filters, 3, activation="relu", padding="same"),
-                       keras.layers.BatchNormalization()]
+                       keras.layers.BatchNormalization(momentum=momentum)]
         layers += [keras.layers.MaxPooling2D(2, strides=2), keras.layers.Dropout(rate)]
     layers.append(keras.layers.Flatten())
     for units in options["dense"]:

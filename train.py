@@ -329,6 +329,11 @@ def score(run_dir, model, test):
     return results
 
 
+# Settings that change which kernels run or how many threads they get, kept with the run when set.
+RECORDED_VARIABLES = ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "TF_NUM_INTRAOP_THREADS",
+                      "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES")
+
+
 def environment(precision, why, model, distribution):
     """What the run ran on: versions, devices and the choices made for them."""
     versions = {}
@@ -345,9 +350,10 @@ def environment(precision, why, model, distribution):
     return {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": commit,
             "python": platform.python_version(), "platform": platform.platform(), "cpu": backends.cpu_model(),
             "cpu_bfloat16": sorted({"avx512_bf16", "amx_bf16"} & backends.cpu_flags()), "versions": versions,
-            "backend": backends.backend(), "devices": backends.describe_devices(),
+            "backend": backends.backend(), "devices": backends.describe_devices(), "onednn": backends.onednn_enabled(),
             "precision": precision, "precision_reason": why, "jit_compile": bool(model.jit_compile),
-            "distribution": distribution.describe()}
+            "distribution": distribution.describe(),
+            "environment_variables": {name: os.environ[name] for name in RECORDED_VARIABLES if name in os.environ}}
 
 
 def record_environment(run_dir, current, resumed):

@@ -75,6 +75,7 @@ BAD_CONFIGS = {
     "unknown monitor": ("", ["callbacks.checkpoint.monitor=val_auc"], "'callbacks.checkpoint.monitor' must be one of"),
     "factor 1": ("", ["callbacks.reduce_lr.factor=1"], "'callbacks.reduce_lr.factor' must be between 0 and 1"),
     "dropout 1": ("", ["model.dropout=1"], "'model.dropout' must be in [0, 1)"),
+    "batch_norm_momentum 1": ("", ["model.batch_norm_momentum=1.0"], "'model.batch_norm_momentum' must be in [0, 1)"),
     "bad filters": ("", ["model.filters=[64, -1]"], "'model.filters' must be a list of positive integers"),
     "empty filters": ("", ["model.filters=[]"], "'model.filters' needs at least one entry"),
     "nested name": ("", ["output.name=a/b"], "'output.name' must be a plain folder name"),

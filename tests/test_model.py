@@ -49,6 +49,16 @@ def test_the_notebooks_exact_layer_stack_and_parameter_count():
     assert model.count_params() == 9_014_727
 
 
+def test_batch_norm_momentum_is_the_notebooks_unless_configured():
+    def momenta(model):
+        return {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+    assert momenta(build_model()) == {0.99}  # Keras 2.1.6's default, which the notebook used
+    config = copy.deepcopy(DEFAULTS)
+    config["model"].update(filters=[8, 16], dense=[8], batch_norm_momentum=0.9)
+    assert momenta(build_model(config)) == {0.9}
+
+
 def test_compiled_as_the_notebook():
     model = build_model()
     assert isinstance(model.optimizer, keras.optimizers.Adam)

@@ -77,9 +77,10 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, sho
     assert final.returncode == 0, final.stderr[-3000:]
     # Same seed: the same history, to the last digit, and the same final weights, bit for bit (CPU, TensorFlow's
     # op determinism; the batches of epoch e depend on (seed, e) only, dropout's random state is restored).
-    history = pd.read_csv(run_dir / "history.csv")
-    assert history["epoch"].tolist() == [0, 1, 2]
-    assert (run_dir / "history.csv").read_text() == (tmp_path / "whole" / "history.csv").read_text()
+    history, whole_history = pd.read_csv(run_dir / "history.csv"), pd.read_csv(tmp_path / "whole" / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2] and (history["seconds"] > 0).all()
+    timeless = [column for column in history.columns if column != "seconds"]  # wall time: the one thing that differs
+    assert history[timeless].to_csv() == whole_history[timeless].to_csv()
     for a, b in zip(weights(run_dir / "last.keras"), weights(tmp_path / "whole" / "last.keras")):
         np.testing.assert_array_equal(a, b)
     state = json.loads((run_dir / "state.json").read_text())
@@ -88,6 +89,21 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, sho
     assert environment["versions"]["keras"] and environment["devices"] and len(environment["resumes"]) == 2
     again = run_script("train.py", "--resume", run_dir)
     assert_user_error(again, str(run_dir), "nothing to resume")
+
+
+def test_an_unseeded_run_resumes_in_its_own_shuffle_order(tmp_path, short_data):
+    run_dir = tmp_path / "unseeded"
+    process = start(*SHORT, *short_data, "--set", "train.seed=null", "--set", f"output.dir={tmp_path}",
+                    "--set", "output.name=unseeded")
+    wait_for(lambda: epochs_done(run_dir) == 1, process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    drawn = json.loads((run_dir / "state.json").read_text())["shuffle_seed"]
+    assert isinstance(drawn, int)
+    resumed = run_script("train.py", "--resume", run_dir, "--no-evaluate")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["finished"] and state["epochs_done"] == 3 and state["shuffle_seed"] == drawn
 
 
 def test_sigterm_before_the_first_epoch_keeps_nothing(tmp_path, short_data):

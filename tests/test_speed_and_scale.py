@@ -140,6 +140,29 @@ def test_auto_precision_follows_the_cpu(tmp_path, monkeypatch):
     assert backends.choose_precision("mixed_float16") == ("mixed_float16", "as configured")
 
 
+def test_tensorflow_runs_onednn_kernels_unless_told_not_to():
+    import subprocess
+    import sys
+
+    def run(**settings):
+        env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+        code = "import os, backends; print(backends.onednn_enabled(), os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                env={**env, "KERAS_BACKEND": "tensorflow", **settings})
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.split()
+
+    assert run() == ["True", "1"]  # whatever this CPU is: TensorFlow alone turns oneDNN on only with AVX512/AMX
+    assert run(TF_ENABLE_ONEDNN_OPTS="0") == ["False", "0"]
+
+
+def test_cpu_model_is_read_from_cpuinfo(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(backends, "CPUINFO", str(cpuinfo))
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2\n")
+    assert backends.cpu_model() == "AMD EPYC 9R14"
+
+
 def test_mixed_precision_keeps_the_softmax_in_float32():
     import keras
 
@@ -313,3 +336,22 @@ def test_bench_kernels_finds_the_convolutions_in_onednns_log(synthetic_csv):
     assert all(figures[f"convolution {d}"]["float32_ms_per_batch"] > 0 for d in directions)
     assert figures["all"]["float32_ms_per_batch"] == pytest.approx(
         sum(f["float32_ms_per_batch"] for what, f in figures.items() if what not in ("all", "training images/s (oneDNN log on)")))
+
+
+def test_bench_precision_recomputes_batch_norm_statistics_exactly():
+    import keras
+
+    import bench
+
+    model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(3, 1), keras.layers.BatchNormalization(),
+                              keras.layers.Dropout(0.5), keras.layers.Conv2D(2, 1), keras.layers.BatchNormalization()])
+    images = np.random.default_rng(0).random((10, 4, 4, 2)).astype(np.float32)
+    bench.recompute_batch_norm_statistics(model, images)
+    first, second = model.layers[1], model.layers[4]
+    inputs = keras.ops.convert_to_numpy(model.layers[0](images)).astype(np.float64)
+    np.testing.assert_allclose(first.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first.moving_variance.numpy(), inputs.var(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    # The second layer sees the first one normalized with its new statistics, dropout off (inference).
+    inputs = keras.ops.convert_to_numpy(model.layers[3](first(model.layers[0](images), training=False))).astype(np.float64)
+    np.testing.assert_allclose(second.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(second.moving_variance.numpy(), inputs.var(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)

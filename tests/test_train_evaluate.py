@@ -9,7 +9,7 @@ import data
 import evaluate
 import train
 from config import load_config
-from conftest import ROOT, run_script
+from conftest import ROOT, assert_user_error, run_script
 
 RUN_FILES = {"config.yaml", "best.keras", "last.keras", "history.csv", "curves.png", "model.json",
              "model.weights.h5", "metrics.json", "confusion_matrix.png", "metrics-last.json",
@@ -122,3 +122,50 @@ def test_demo_config_is_small_and_synthetic():
     config = load_config(ROOT / "configs" / "demo.yaml")
     assert config["data"]["synthetic"] and config["data"]["path"].startswith("data/")
     assert config["train"]["epochs"] <= 10 and config["model"]["filters"][0] <= 16
+
+
+def test_results_keep_the_run_and_every_metric_recomputes(trained_run, synthetic_csv, tmp_path):
+    import hashlib
+
+    run_dir, _ = trained_run
+    out = tmp_path / "results" / "demo"
+    result = run_script("results.py", run_dir, "--out", out, "--notebook-log", "")
+    assert result.returncode == 0, result.stderr
+    assert {"config.yaml", "environment.json", "history.csv", "metrics.json", "metrics-last.json", "predictions.csv",
+            "predictions-last.csv", "checkpoints.sha256", "summary.json"} <= {p.name for p in out.iterdir()}
+    assert (tmp_path / "results" / "demo_vs_notebook.png").read_bytes()[:4] == b"\x89PNG"
+    sums = dict(reversed(line.split("  ")) for line in (out / "checkpoints.sha256").read_text().splitlines())
+    for name in ("best.keras", "last.keras"):
+        assert sums[name] == hashlib.sha256((run_dir / name).read_bytes()).hexdigest()
+    # FER2013's labels stay out of results/: the predictions carry no true label, and recompute with the data's.
+    predictions = pd.read_csv(out / "predictions-last.csv")
+    assert "true" not in predictions.columns and len(predictions) == 200
+    _, _, test = data.split(data.read_faces(synthetic_csv), "seed", 0.2)
+    final = json.loads((out / "metrics-last.json").read_text())
+    assert np.mean(predictions["predicted"] == test.labels) == final["accuracy"]
+    checked = run_script("results.py", out, "--check", synthetic_csv)
+    assert checked.returncode == 0 and checked.stdout.count("recomputes to its metrics") == 2, checked.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] and summary["epochs_done"] == 6
+    assert summary["final_weights_PrivateTest_accuracy"] == round(final["accuracy"], 4)
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert summary["parts"][0]["epochs"] == [1, 6] and summary["parts"][0]["cpu"] == environment["cpu"]
+    assert 0 < summary["hours"] < 1
+    # A changed prediction no longer recomputes: one line, exit status 2.
+    predictions.loc[0, "predicted"] = (predictions.loc[0, "predicted"] + 1) % 7
+    predictions.to_csv(out / "predictions-last.csv", index=False)
+    assert_user_error(run_script("results.py", out, "--check", synthetic_csv), "predictions-last.csv", "recomputes")
+
+
+def test_results_of_an_unfinished_run_keep_its_epochs(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in ("config.yaml", "environment.json"):
+        (unfinished / name).write_bytes((run_dir / name).read_bytes())
+    (unfinished / "history.csv").write_text("\n".join((run_dir / "history.csv").read_text().splitlines()[:4]) + "\n")
+    result = run_script("results.py", unfinished, "--out", tmp_path / "out", "--notebook-log", "")
+    assert result.returncode == 0, result.stderr
+    assert "UNFINISHED, 3 of 6 epochs" in result.stdout
+    assert not (tmp_path / "out" / "checkpoints.sha256").exists()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["epochs_done"] == 3

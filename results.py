@@ -1,0 +1,283 @@
+"""Keep a run's evidence in the repository: the files behind a published figure, and its curve over the notebook's.
+
+    python results.py ~/fer2013-runs/seed                   # -> results/seed/ and results/seed_vs_notebook.png
+    python results.py RUN --out results/NAME [--notebook-log ../shared/notebook/training_log.csv]
+    python results.py results/seed --check fer2013.csv      # every metric, recomputed from the predictions
+
+Copies what train.py wrote (config.yaml, environment.json, history.csv, metrics*.json) and the predictions
+(predictions*.csv without the true-label column: FER2013's labels stay out of the repository, and anyone with
+fer2013.csv recomputes every metric from the rest), writes checkpoints.sha256 for best.keras and last.keras and
+summary.json (scores, plateau, validation accuracy at epochs 20/40/60/100, hours and CPU of each part of the
+run, the epoch at which the notebook's EarlyStopping as written would have stopped it), and draws the run's
+validation curve over the published one. An unfinished run gets its curve and history only, so that the
+epochs done so far outlast the machine they ran on.
+"""
+import argparse
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+from common import UserError, exit_on_user_error, replaced_atomically, write_text
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NOTEBOOK_LOG = os.path.join(HERE, "..", "shared", "notebook", "training_log.csv")
+NOTEBOOK_SCORE = 0.63165  # the published PrivateTest accuracy of the final weights
+MILESTONES = (20, 40, 60, 100)
+COPIED = ("config.yaml", "environment.json", "history.csv")
+
+
+def read_history(path):
+    """A run's history.csv, or the notebook's training_log.csv, as one table: epoch (1-based), loss, accuracy,
+    val_loss, val_accuracy."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    if "val_acc" in table.columns:  # the notebook's log: Keras 2 names, epochs counted from 1
+        return table.rename(columns={"acc": "accuracy", "val_acc": "val_accuracy"})
+    return table.assign(epoch=table["epoch"] + 1)
+
+
+def plateau_epochs(history):
+    """How many epochs validation accuracy sat at its first value (every face called the majority class):
+    the first epoch whose value differs from epoch 1's by more than 0.01, less one."""
+    values = history["val_accuracy"].to_numpy()
+    moved = np.flatnonzero(np.abs(values - values[0]) > 0.01)
+    return int(moved[0]) if len(moved) else len(values)
+
+
+def early_stopping_epoch(history, config_path=os.path.join(HERE, "configs", "notebook-as-written.yaml")):
+    """The epoch after which the config's EarlyStopping would have ended this very run (None: it never acts), by
+    replaying Keras's own callback over the logged epochs. Stopping changes nothing before it acts, so a run
+    without it tells exactly when a run with it would stop."""
+    import backends  # noqa: F401  (starts the backend quietly)
+    import keras
+    from config import load_config, monitor_mode, monitor_name
+
+    options = load_config(config_path)["callbacks"]["early_stopping"]
+    stopping = keras.callbacks.EarlyStopping(monitor=monitor_name(options["monitor"]), min_delta=options["min_delta"],
+                                             patience=options["patience"], mode=monitor_mode(options["monitor"]))
+    stopping.set_model(type("Run", (), {"stop_training": False})())
+    stopping.on_train_begin()
+    for _, row in history.iterrows():
+        stopping.on_epoch_end(int(row["epoch"]) - 1, {column: float(row[column]) for column in history.columns})
+        if stopping.model.stop_training:
+            return int(row["epoch"])
+    return None
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parts(run_dir, history):
+    """Each start of the run (the first and every resume): when, on which CPU and precision, which epochs, and
+    the hours its complete epochs took (time lost in an epoch cut short by an interruption is not counted)."""
+    with open(os.path.join(run_dir, "environment.json"), encoding="utf-8") as f:
+        record = json.load(f)
+    starts = [record] + record.get("resumes", [])
+    firsts = [start.get("epochs_done_at_start") for start in starts]
+    seconds = history["seconds"].to_numpy() if "seconds" in history.columns else None
+    found = []
+    for index, start in enumerate(starts):
+        first, end = firsts[index], (firsts[index + 1] if index + 1 < len(firsts) else len(history))
+        part = {key: start.get(key) for key in ("started", "commit", "cpu", "cpu_bfloat16", "precision", "devices",
+                                                "environment_variables")}
+        if first is not None and end is not None and end >= first:
+            part["epochs"] = [first + 1, end] if end > first else []
+            if seconds is not None and end > first:
+                part["hours"] = round(float(np.nansum(seconds[first:end])) / 3600, 3)
+        found.append(part)
+    return found
+
+
+def summarize(run_dir, history, notebook):
+    config = _yaml(os.path.join(run_dir, "config.yaml"))
+    epochs = config["train"]["epochs"]
+    best = int(history["val_accuracy"].idxmax())
+    summary = {
+        "run": os.path.basename(os.path.normpath(run_dir)),
+        "finished": os.path.exists(os.path.join(run_dir, "last.keras")),
+        "epochs_done": len(history), "epochs": epochs,
+        "best_val_accuracy": round(float(history["val_accuracy"][best]), 4), "best_val_accuracy_epoch": best + 1,
+        "lowest_val_loss_epoch": int(history["val_loss"].idxmin()) + 1,
+        "plateau_epochs": plateau_epochs(history),
+        "val_accuracy_at": {str(e): round(float(history["val_accuracy"][e - 1]), 4) for e in MILESTONES
+                            if e <= len(history)},
+        "notebook_as_written_stops_after_epoch": early_stopping_epoch(history),
+        "parts": parts(run_dir, history),
+    }
+    if "seconds" in history.columns:
+        summary["hours"] = round(float(np.nansum(history["seconds"])) / 3600, 2)
+    for name, stem in (("final_weights", "metrics-last.json"), ("best_checkpoint", "metrics.json")):
+        path = os.path.join(run_dir, stem)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                metrics = json.load(f)
+            summary[f"{name}_{metrics['split']}_accuracy"] = round(metrics["accuracy"], 4)
+    if notebook is not None:
+        summary["notebook"] = {"PrivateTest_accuracy": NOTEBOOK_SCORE, "plateau_epochs": plateau_epochs(notebook),
+                               "best_val_accuracy": round(float(notebook["val_accuracy"].max()), 4),
+                               "val_accuracy_at": {str(e): float(notebook["val_accuracy"][e - 1]) for e in MILESTONES
+                                                   if e <= len(notebook)}}
+    return summary
+
+
+def _yaml(path):
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def plot_against_notebook(history, notebook, summary, path):
+    """Validation (and training) accuracy and loss per epoch, this run over the published one."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (accuracy, loss) = plt.subplots(1, 2, figsize=(13, 5))
+    runs = [("this run", history, "tab:blue")] + ([("notebook (published)", notebook, "tab:orange")]
+                                                  if notebook is not None else [])
+    for label, table, colour in runs:
+        accuracy.plot(table["epoch"], table["val_accuracy"], color=colour, label=f"{label}: validation")
+        accuracy.plot(table["epoch"], table["accuracy"], color=colour, alpha=0.35, lw=1, label=f"{label}: training")
+        loss.plot(table["epoch"], table["val_loss"], color=colour, label=f"{label}: validation")
+        loss.plot(table["epoch"], table["loss"], color=colour, alpha=0.35, lw=1, label=f"{label}: training")
+        plateau = plateau_epochs(table)
+        accuracy.axvspan(0.5, plateau + 0.5, color=colour, alpha=0.08)
+        accuracy.annotate(f"plateau: {plateau} epochs", (plateau + 0.5, table["val_accuracy"].iloc[0]),
+                          xytext=(4, -14 if colour == "tab:blue" else 6), textcoords="offset points",
+                          color=colour, fontsize=8)
+        for epoch in MILESTONES:
+            if epoch <= len(table):
+                value = float(table["val_accuracy"].iloc[epoch - 1])
+                accuracy.plot([epoch], [value], "o", color=colour, ms=4)
+                accuracy.annotate(f"{value:.3f}", (epoch, value), xytext=(-10, 8 if colour == "tab:blue" else -14),
+                                  textcoords="offset points", color=colour, fontsize=8)
+    scores = [f"{summary['epochs_done']} of {summary['epochs']} epochs"]
+    for key, label in (("final_weights_PrivateTest_accuracy", "final weights"),
+                       ("best_checkpoint_PrivateTest_accuracy", "best checkpoint")):
+        if key in summary:
+            scores.append(f"PrivateTest {label} {summary[key]:.4f}")
+    if notebook is not None:
+        scores.append(f"notebook {NOTEBOOK_SCORE:.4f}")
+    figure.suptitle(f"{summary['run']}: " + ", ".join(scores), fontsize=10)
+    accuracy.set_title("accuracy (shaded: the majority-class plateau)", fontsize=9)
+    loss.set_title("loss (with the L2 penalty)", fontsize=9)
+    for ax in (accuracy, loss):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    with replaced_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+
+
+def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
+    """Write out_dir/ and out_dir_vs_notebook.png from run_dir; returns the summary."""
+    if not os.path.isfile(os.path.join(run_dir, "history.csv")):
+        raise UserError(f"{run_dir}: no history.csv (not a run directory, or no epoch finished yet)")
+    history = read_history(os.path.join(run_dir, "history.csv"))
+    notebook = read_history(notebook_log) if notebook_log and os.path.isfile(notebook_log) else None
+    if notebook_log and notebook is None:
+        print(f"{notebook_log} not found: the picture shows this run only")
+    os.makedirs(out_dir, exist_ok=True)
+    for name in COPIED:
+        shutil.copyfile(os.path.join(run_dir, name), os.path.join(out_dir, name))
+    for path in sorted(glob.glob(os.path.join(run_dir, "metrics*.json"))):
+        shutil.copyfile(path, os.path.join(out_dir, os.path.basename(path)))
+    for path in sorted(glob.glob(os.path.join(run_dir, "predictions*.csv"))):
+        import pandas as pd
+
+        table = pd.read_csv(path).drop(columns=["true"])
+        with replaced_atomically(os.path.join(out_dir, os.path.basename(path))) as temporary:
+            table.to_csv(temporary, index=False)
+    checkpoints = [name for name in ("best.keras", "last.keras") if os.path.exists(os.path.join(run_dir, name))]
+    if checkpoints:
+        write_text(os.path.join(out_dir, "checkpoints.sha256"),
+                   "".join(f"{sha256(os.path.join(run_dir, name))}  {name}\n" for name in checkpoints))
+    summary = summarize(run_dir, history, notebook)
+    write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    picture = os.path.normpath(out_dir) + "_vs_notebook.png"
+    plot_against_notebook(history, notebook, summary, picture)
+    print(f"wrote {out_dir}/ and {picture}")
+    return summary
+
+
+def check(out_dir, data_path):
+    """Recompute every metrics*.json in out_dir from its predictions*.csv and the split's true labels in
+    data_path (fer2013.csv); raises UserError on any difference. Returns the files checked."""
+    import pandas as pd
+
+    import data
+
+    faces = data.read_faces(data_path, None)
+    checked = []
+    for metrics_path in sorted(glob.glob(os.path.join(out_dir, "metrics*.json"))):
+        with open(metrics_path, encoding="utf-8") as f:
+            metrics = json.load(f)
+        predictions_path = os.path.join(out_dir, os.path.basename(metrics_path).replace("metrics", "predictions")
+                                        .replace(".json", ".csv"))
+        if not os.path.isfile(predictions_path):
+            raise UserError(f"{metrics_path}: no {os.path.basename(predictions_path)} beside it")
+        table = pd.read_csv(predictions_path)
+        truth = faces.labels[faces.usage == data.USAGES.index(metrics["split"])].astype(np.int64)
+        predicted = table["predicted"].to_numpy()
+        probabilities = table[[f"p_{name}" for name in data.EMOTIONS]].to_numpy()
+        counts = np.zeros((len(data.EMOTIONS),) * 2, np.int64)
+        np.add.at(counts, (truth[table["row"].to_numpy()], predicted), 1)
+        found = {"rows": (len(table), metrics["n"], len(truth)),
+                 "accuracy": (round(float(np.mean(predicted == truth[table["row"]])), 6), round(metrics["accuracy"], 6)),
+                 "confusion_matrix": (counts.tolist(), metrics["confusion_matrix"]),
+                 "predicted = argmax of the probabilities": (True, bool(np.all(
+                     probabilities[np.arange(len(table)), predicted] >= probabilities.max(axis=1) - 1e-6)))}
+        for what, (ours, theirs, *more) in found.items():
+            if ours != theirs or any(value != ours for value in more):
+                raise UserError(f"{predictions_path}: {what} recomputes to {ours}, {metrics_path} says {theirs}")
+        checked.append(predictions_path)
+    if not checked:
+        raise UserError(f"{out_dir}: no metrics*.json to check")
+    return checked
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="the run directory train.py wrote (with --check: a results folder)")
+    parser.add_argument("--check", metavar="FER2013_CSV",
+                        help="instead: recompute a results folder's metrics from its predictions and these labels")
+    parser.add_argument("--out", help="default: results/<the run's name>")
+    parser.add_argument("--notebook-log", default=NOTEBOOK_LOG,
+                        help="the published training log (default: ../shared/notebook/training_log.csv)")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.run):
+        raise UserError(f"{args.run}: no such folder")
+    if args.check:
+        for path in check(args.run, args.check):
+            print(f"{path}: recomputes to its metrics")
+        return 0
+    out_dir = args.out or os.path.join(HERE, "results", os.path.basename(os.path.normpath(args.run)))
+    summary = publish(args.run, out_dir, args.notebook_log)
+    state = "finished" if summary["finished"] else "UNFINISHED"
+    print(f"{summary['run']}: {state}, {summary['epochs_done']} of {summary['epochs']} epochs; best validation "
+          f"accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_val_accuracy_epoch']}); plateau "
+          f"{summary['plateau_epochs']} epochs; notebook-as-written would stop after epoch "
+          f"{summary['notebook_as_written_stops_after_epoch']}")
+    for key in ("final_weights_PrivateTest_accuracy", "best_checkpoint_PrivateTest_accuracy"):
+        if key in summary:
+            print(f"{key}: {summary[key]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

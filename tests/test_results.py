@@ -1,0 +1,48 @@
+"""results.py's reading of a history: the plateau, and when the notebook's EarlyStopping as written would act;
+and the committed results/, recomputed from their predictions and FER2013's labels."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import results
+from conftest import ROOT, assert_user_error, run_script
+
+PUBLISHED_LOG = ROOT.parent / "shared" / "notebook" / "training_log.csv"
+
+
+def history(val_accuracy):
+    n = len(val_accuracy)
+    return pd.DataFrame({"epoch": range(1, n + 1), "loss": [1.0] * n, "accuracy": [0.5] * n,
+                         "val_loss": [1.0] * n, "val_accuracy": val_accuracy})
+
+
+def test_early_stopping_as_written_replays_keras_own_callback():
+    # val_acc patience 6, min_delta 0: epoch 1 sets the best, six epochs without a gain stop the run after epoch 7.
+    assert results.early_stopping_epoch(history([0.25] * 12)) == 7
+    assert results.early_stopping_epoch(history([0.25, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.31])) == 8
+    assert results.early_stopping_epoch(history([0.1 * i for i in range(1, 10)])) is None
+
+
+def test_plateau_is_the_epochs_at_the_first_value():
+    assert results.plateau_epochs(history([0.2489, 0.2489, 0.2497, 0.2854, 0.31])) == 3
+    assert results.plateau_epochs(history([0.2489] * 4)) == 4
+
+
+def test_the_published_log_reads_as_its_readme_says():
+    if not PUBLISHED_LOG.is_file():
+        pytest.skip("../shared/notebook/training_log.csv is not here")
+    log = results.read_history(PUBLISHED_LOG)
+    assert len(log) == 100 and results.plateau_epochs(log) == 13
+    assert results.early_stopping_epoch(log) == 7  # "would have stopped this very run after epoch 7"
+
+
+@pytest.mark.parametrize("folder", sorted(path.parent.name for path in (ROOT / "results").glob("*/metrics*.json")))
+def test_committed_results_recompute_from_fer2013_labels(folder, fer2013_csv):
+    checked = results.check(ROOT / "results" / folder, fer2013_csv)
+    assert checked and all(Path(path).name.startswith("predictions") for path in checked)
+
+
+def test_results_of_a_folder_that_is_no_run(tmp_path):
+    assert_user_error(run_script("results.py", tmp_path / "nothing"), "no such folder")
+    assert_user_error(run_script("results.py", tmp_path), "no history.csv")
