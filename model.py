@@ -280,7 +280,8 @@ def keras2_model_config(path):
 
 
 def family_config(model):
-    """model.py's settings (filters, dense, l2, dropout) that build exactly this network, or None."""
+    """model.py's settings (filters, dense, l2, dropout, batch_norm_momentum) that build exactly this network,
+    or None."""
     layers = model.layers
     convs = [layer for layer in layers if isinstance(layer, keras.layers.Conv2D)]
     denses = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
@@ -291,7 +292,10 @@ def family_config(model):
     guess = {"filters": [convs[0].filters] + [conv.filters for conv in convs[2::3]],
              "dense": [layer.units for layer in denses[:-1]],
              "l2": round(float(getattr(regularizer, "l2", 0.0)), 6) if regularizer is not None else 0.0,
-             "dropout": float(dropouts[0].rate)}
+             "dropout": float(dropouts[0].rate),
+             "batch_norm_momentum": next((float(layer.momentum) for layer in layers
+                                          if isinstance(layer, keras.layers.BatchNormalization)),
+                                         DEFAULTS["model"]["batch_norm_momentum"])}
     config = {**DEFAULTS, "model": guess, "train": {**DEFAULTS["train"], "jit_compile": False}}
     rebuilt = build_model(config)
     if _describe(rebuilt) != _describe(model) or rebuilt.count_params() != model.count_params():
