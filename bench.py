@@ -218,9 +218,9 @@ def recompute_batch_norm_statistics(model, images):
 
 
 def child_main(argv):
-    import backends  # noqa: F401  (TensorFlow's settings, as the scripts make them, before Keras starts it)
-
     job, how, *rest = argv
+    if job != "load":  # loading figures keep TensorFlow out of their time and memory
+        import backends  # noqa: F401  (TensorFlow's settings, as the scripts make them, before Keras starts it)
     if job == "precision":
         with tempfile.TemporaryDirectory() as folder:
             result = measure_precision(int(how), rest[0], folder)

@@ -505,13 +505,14 @@ class StopOnSignal(keras.callbacks.Callback):
         return False
 
     def _note(self, number, frame):
-        if self.in_fit and self.received is None:
-            self.received = number
+        first, self.received = self.received is None, self.received or number
+        if self.in_fit and first:
             return
         raise SignalInterrupt(number)
 
     def on_train_begin(self, logs=None):
         self.in_fit = True
+        self._raise_if_received()  # a signal before fit whose exception a finalizer swallowed
 
     def on_train_end(self, logs=None):
         self.in_fit = False
