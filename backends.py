@@ -10,8 +10,8 @@ import os
 from common import UserError, native_stderr_held
 
 # TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX. On
-# AVX2-only CPUs (most laptops, and AMD EPYC before Zen 4) they train the notebook's network 1.3-1.5x faster than
-# TensorFlow's default Eigen kernels (2-core AMD EPYC, TF 2.21). Needed before TensorFlow is first imported;
+# AVX2-only CPUs (most laptops, and AMD EPYC before Zen 4) they train the notebook's network 1.5-1.9x faster than
+# TensorFlow's default Eigen kernels (2-core AMD EPYC, TF 2.21; README: Performance). Needed before TensorFlow is first imported;
 # TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps TensorFlow's own kernels.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
@@ -72,30 +72,29 @@ def _capability(text):
 CPUINFO = "/proc/cpuinfo"
 
 
-def cpu_flags():
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+def cpuinfo_field(name):
+    """The first value of a field of Linux's /proc/cpuinfo ("flags", "model name", "cpu MHz"...); None elsewhere."""
     try:
         with open(CPUINFO, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags():
+    """The CPU's feature flags (empty where /proc/cpuinfo is missing)."""
+    return set((cpuinfo_field("flags") or "").split())
 
 
 def cpu_model():
-    """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere)."""
-    try:
-        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    """The CPU's model name (the platform's processor string where /proc/cpuinfo is missing)."""
     import platform
 
-    return platform.processor() or None
+    return cpuinfo_field("model name") or platform.processor() or None
 
 
 def choose_precision(setting):
@@ -106,6 +105,9 @@ def choose_precision(setting):
     2-core AVX512_BF16 CPU), else float32.
     """
     if setting != "auto":
+        if setting == "mixed_bfloat16" and not gpus() and not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+            return setting, ("as configured, on a CPU without bfloat16 instructions: emulated, many times slower "
+                             "than float32 (1.9 against 31 images/s on a 2-core AVX2 AMD EPYC)")
         return setting, "as configured"
     found = gpus()
     if found:

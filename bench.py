@@ -113,6 +113,48 @@ def _model(precision, how):
     return build_model(load_config(os.path.join(HERE, "config.yaml")), fused_batch_norm=how != "notebook")
 
 
+def forward_flops_per_image(model):
+    """Floating-point operations (2 per multiply-add) of one face's forward pass through the convolutions and
+    dense layers, which are nearly all of the network's arithmetic."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, channels_out = layer.output.shape
+            total += 2 * height * width * layer.kernel_size[0] * layer.kernel_size[1] * layer.input.shape[-1] * channels_out
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
+
+
+def training_flops_per_image(model):
+    """A training step's FLOPs per face: the forward pass, the gradients of the inputs and of the weights (each
+    as much arithmetic as the forward pass)."""
+    return 3 * forward_flops_per_image(model)
+
+
+def peak_flops(precision, flags, cores, ghz, vendor=""):
+    """(An estimate of the CPU's peak FLOP/s for the precision's convolution arithmetic, how it was reckoned).
+
+    float32: two FMA units per core, 16 lanes with AVX-512 on Intel, 8 with AVX2 (and AVX-512 on AMD, whose Zen 4
+    runs it on 256-bit units). bfloat16: AMX's tile multiply, 1,024 FLOP per cycle per core; else AVX512_BF16's
+    dot products, twice float32's rate; without either, float32's. Anything else (float16 on a CPU): float32's.
+    """
+    if not cores or not ghz:
+        return None, "clock or core count unknown"
+    lanes = 16 if "avx512f" in flags and vendor != "AuthenticAMD" else 8 if {"avx2", "fma"} <= flags else 4
+    per_cycle, how = 2 * 2 * lanes, f"2 FMA units x {lanes} float32 lanes"
+    if precision == "mixed_bfloat16":
+        if "amx_bf16" in flags:
+            per_cycle, how = 1024, "AMX tiles, 1,024 bfloat16 FLOP/cycle"
+        elif "avx512_bf16" in flags:
+            per_cycle, how = 2 * per_cycle, f"AVX512_BF16 dot products on {how}"
+        else:
+            how += " (no bfloat16 instructions)"
+    return cores * ghz * 1e9 * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({how})"
+
+
 SEGMENTS = 3  # timed segments per figure: the best one counts, so that a burst of CPU steal does not
 
 
@@ -138,7 +180,8 @@ def measure_train(how, path, precision, steps, batch_size):
     timed_since_ms = time.time() * 1000
     segments = [timed(lambda segment=segment: fit(warm_up + segment * per_segment, per_segment),
                       per_segment * batch_size) for segment in range(SEGMENTS)]
-    return {**best_of(segments), "timed_steps": per_segment * SEGMENTS, "timed_since_ms": timed_since_ms}
+    return {**best_of(segments), "timed_steps": per_segment * SEGMENTS, "timed_since_ms": timed_since_ms,
+            "flops_per_image": training_flops_per_image(model)}
 
 
 def timed(job, images):
@@ -171,7 +214,7 @@ def measure_predict(how, path, precision, images):
             evaluate.predict_probabilities(model, faces.images)
 
     predict()  # the first pass compiles
-    return best_of([timed(predict, images) for _ in range(SEGMENTS)])
+    return {**best_of([timed(predict, images) for _ in range(SEGMENTS)]), "flops_per_image": forward_flops_per_image(model)}
 
 
 def measure_precision(seed, precision, folder):
@@ -252,13 +295,8 @@ def machine():
     import backends
     import keras
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+    return {"cpu": backends.cpu_model() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__,
             "keras": keras.__version__, "backend": keras.backend.backend(), "onednn": backends.onednn_enabled()}
 
 
@@ -294,6 +332,16 @@ def bench_images_per_second(job, path, precisions, rounds, *sizes):
             if what not in best or figure["images_per_second"] > best[what]["images_per_second"]:
                 best[what] = {"bench": job, "what": what, "precision": precision, **figure}
     figures = [{**best[what], "rounds": rates[what]} for _, _, what in runs]
+    import backends
+
+    vendor, flags = backends.cpuinfo_field("vendor_id") or "", backends.cpu_flags()
+    ghz = float(backends.cpuinfo_field("cpu MHz") or 0) / 1000  # the stated clock: nominal on virtual machines
+    for figure in figures:
+        figure["tflops"] = figure["images_per_second"] * figure["flops_per_image"] / 1e12
+        peak, how = (None, "a GPU") if backends.gpus() else peak_flops(
+            figure["precision"], flags, len(os.sched_getaffinity(0)), ghz, vendor)
+        if peak:
+            figure.update(peak_tflops=peak / 1e12, share_of_peak=figure["tflops"] * 1e12 / peak, peak_reckoned=how)
     notebook = figures[0]["images_per_second"]
     for figure in figures[1:]:
         figure["speedup_vs_notebook"] = figure["images_per_second"] / notebook
@@ -386,14 +434,20 @@ def print_precision_table(figures):
 
 
 def print_table(figures):
-    print(f"{'bench':<8} {'what':<36} {'seconds':>9} {'peak MiB':>9} {'images/s':>9} {'x notebook':>10} {'cores':>6}")
+    print(f"{'bench':<8} {'what':<36} {'seconds':>9} {'peak MiB':>9} {'images/s':>9} {'x notebook':>10} {'cores':>6}"
+          f" {'TFLOP/s':>8} {'of peak':>8}")
     for f in figures:
         seconds = f"{f['seconds']:.3f}" if "seconds" in f and "images_per_second" not in f else ""
         peak = f"{f['peak_mib']:.0f}" if "peak_mib" in f else ""
         rate = f"{f['images_per_second']:.1f}" if "images_per_second" in f else ""
         ratio = f"{f['speedup_vs_notebook']:.2f}" if "speedup_vs_notebook" in f else ""
         cores = f"{f['cpu_cores']:.2f}" if "cpu_cores" in f else ""
-        print(f"{f['bench']:<8} {f['what']:<36} {seconds:>9} {peak:>9} {rate:>9} {ratio:>10} {cores:>6}")
+        tflops = f"{f['tflops']:.3f}" if "tflops" in f else ""
+        share = f"{f['share_of_peak']:.0%}" if "share_of_peak" in f else ""
+        print(f"{f['bench']:<8} {f['what']:<36} {seconds:>9} {peak:>9} {rate:>9} {ratio:>10} {cores:>6} {tflops:>8} {share:>8}")
+    reckoned = {f["precision"]: (f["peak_tflops"], f["peak_reckoned"]) for f in figures if "peak_reckoned" in f}
+    for precision, (peak, how) in reckoned.items():
+        print(f"peak estimate, {precision}: {peak:.3f} TFLOP/s = {how}")
 
 
 @exit_on_user_error

@@ -138,6 +138,9 @@ def test_auto_precision_follows_the_cpu(tmp_path, monkeypatch):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
     assert backends.choose_precision("auto") == ("float32", "auto: CPU without bfloat16 instructions")
     assert backends.choose_precision("mixed_float16") == ("mixed_float16", "as configured")
+    assert "without bfloat16 instructions: emulated" in backends.choose_precision("mixed_bfloat16")[1]
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert backends.choose_precision("mixed_bfloat16") == ("mixed_bfloat16", "as configured")
 
 
 def test_tensorflow_runs_onednn_kernels_unless_told_not_to():
@@ -355,3 +358,29 @@ def test_bench_precision_recomputes_batch_norm_statistics_exactly():
     inputs = keras.ops.convert_to_numpy(model.layers[3](first(model.layers[0](images), training=False))).astype(np.float64)
     np.testing.assert_allclose(second.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(second.moving_variance.numpy(), inputs.var(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_bench_reckons_flops_from_the_network_and_the_peak_from_the_cpu():
+    import bench
+    from model import build_model
+
+    # The notebook's network: 2 x (46*46*9*1*64 + 46*46*9*64*64 + 23*23*9*(64*128 + 2*128*128) + ...) per face.
+    convolutions = [(46, 1, 64), (46, 64, 64), (23, 64, 128), (23, 128, 128), (23, 128, 128), (11, 128, 256),
+                    (11, 256, 256), (11, 256, 256), (5, 256, 512), (5, 512, 512), (5, 512, 512)]
+    dense = [(2048, 512), (512, 256), (256, 128), (128, 64), (64, 7)]
+    expected = 2 * (sum(size * size * 9 * cin * cout for size, cin, cout in convolutions) + sum(a * b for a, b in dense))
+    model = build_model()
+    assert bench.forward_flops_per_image(model) == expected
+    assert bench.training_flops_per_image(model) == 3 * expected
+
+    avx2 = {"avx", "avx2", "fma"}
+    assert bench.peak_flops("float32", avx2, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32
+    assert bench.peak_flops("mixed_bfloat16", avx2, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32  # nothing faster
+    zen4 = avx2 | {"avx512f", "avx512_bf16"}
+    assert bench.peak_flops("float32", zen4, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32
+    assert bench.peak_flops("mixed_bfloat16", zen4, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 64
+    sapphire_rapids = avx2 | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert bench.peak_flops("float32", sapphire_rapids, 2, 2.0, "GenuineIntel")[0] == 2 * 2.0e9 * 64
+    peak, how = bench.peak_flops("mixed_bfloat16", sapphire_rapids, 2, 2.0, "GenuineIntel")
+    assert peak == 2 * 2.0e9 * 1024 and "AMX" in how
+    assert bench.peak_flops("float32", avx2, 2, 0.0)[0] is None
