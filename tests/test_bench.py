@@ -1,0 +1,119 @@
+"""bench.py: its figures count what they timed, oneDNN's log is read right, the FLOPs and peak it reckons, and
+the precision check's BatchNormalization statistics. (Speed itself is measured by bench.py and reported in the
+README, never asserted here.)"""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_script
+
+
+def _figures(output):
+    return [figure for figure in map(json.loads, (line for line in output.splitlines() if line.startswith("{")))
+            if figure["bench"] != "machine"]
+
+
+def test_bench_runs_on_a_small_file(synthetic_csv):
+    result = run_script("bench.py", "load", "--data", synthetic_csv, "--repeat", 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = {figure["what"]: figure for figure in _figures(result.stdout)}
+    assert {"notebook load_data", "ours cold", "ours warm"} <= set(figures)
+    assert all(figure["seconds"] > 0 and figure["peak_mib"] > 0 for figure in figures.values())
+    assert figures["ours cold"]["speedup_vs_notebook"] == pytest.approx(
+        figures["notebook load_data"]["seconds"] / figures["ours cold"]["seconds"])
+    assert "notebook load_data" in result.stdout.split("{")[0]  # the table comes before the JSON lines
+
+
+def test_bench_speed_figures_count_what_they_timed(synthetic_csv):
+    import keras
+
+    import bench
+
+    try:
+        for how in ("notebook", "ours"):
+            figure = bench.measure_predict(how, str(synthetic_csv), "float32", 40)
+            assert figure["images_per_second"] == pytest.approx(max(figure["segments"]), abs=0.01)
+            assert len(figure["segments"]) == len(figure["segment_cpu_cores"]) == bench.SEGMENTS
+        figure = bench.measure_train("ours", str(synthetic_csv), "mixed_bfloat16", 3, 4)
+        assert figure["images_per_second"] > 0 and len(figure["segments"]) == 3 and figure["timed_steps"] == 3
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_onednn_times_count_the_timed_steps_only():
+    import bench
+
+    def exec_line(stamp, direction, ms):
+        return (f"onednn_verbose,v1,{stamp},primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,{direction},"
+                "src:f32::blocked:acdb::f0 wei:f32::blocked:cdba::f0,attr-scratchpad:user,alg:convolution_direct,"
+                f"mb4_ic1oc8_ih48oh46kh3sh1dh0ph0_iw48ow46kw3sw1dw0pw0,{ms}")
+
+    log = "\n".join(["onednn_verbose,v1,info,oneDNN v3.7.3 (commit N/A)",
+                     "onednn_verbose,v1,primitive,info,template:timestamp,operation,engine,primitive,exec_time",
+                     exec_line(999.5, "forward_training", 7.0),  # a warm-up step
+                     "Epoch 1/1", exec_line(1000.0, "forward_training", 2.5), exec_line(1000.1, "forward_training", 1.5),
+                     exec_line(1001.25, "backward_weights", 4.0),
+                     "onednn_verbose,v1,1002.0,graph,exec,cpu,1,compiled_partition,Conv,,,f32,dnnl_backend,9.0"])
+    assert bench.onednn_milliseconds(log, since_ms=1000.0) == {("convolution", "forward_training"): 4.0,
+                                                               ("convolution", "backward_weights"): 4.0}
+
+
+def test_bench_kernels_finds_the_convolutions_in_onednns_log(synthetic_csv):
+    import backends
+
+    if backends.backend() != "tensorflow":
+        pytest.skip("oneDNN's log comes from TensorFlow's CPU kernels")
+    result = run_script("bench.py", "kernels", "--data", synthetic_csv, "--steps", 3, "--batch-size", 4,
+                        "--precisions", "float32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = {figure["what"]: figure for figure in _figures(result.stdout)}
+    directions = ("forward_training", "backward_data", "backward_weights")
+    assert all(figures[f"convolution {d}"]["float32_ms_per_batch"] > 0 for d in directions)
+    assert figures["all"]["float32_ms_per_batch"] == pytest.approx(
+        sum(f["float32_ms_per_batch"] for what, f in figures.items() if what not in ("all", "training images/s (oneDNN log on)")))
+
+
+def test_bench_precision_recomputes_batch_norm_statistics_exactly():
+    import keras
+
+    import bench
+
+    model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(3, 1), keras.layers.BatchNormalization(),
+                              keras.layers.Dropout(0.5), keras.layers.Conv2D(2, 1), keras.layers.BatchNormalization()])
+    images = np.random.default_rng(0).random((10, 4, 4, 2)).astype(np.float32)
+    bench.recompute_batch_norm_statistics(model, images)
+    first, second = model.layers[1], model.layers[4]
+    inputs = keras.ops.convert_to_numpy(model.layers[0](images)).astype(np.float64)
+    np.testing.assert_allclose(first.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first.moving_variance.numpy(), inputs.var(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    # The second layer sees the first one normalized with its new statistics, dropout off (inference).
+    inputs = keras.ops.convert_to_numpy(model.layers[3](first(model.layers[0](images), training=False))).astype(np.float64)
+    np.testing.assert_allclose(second.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(second.moving_variance.numpy(), inputs.var(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_bench_reckons_flops_from_the_network_and_the_peak_from_the_cpu():
+    import bench
+    from model import build_model
+
+    # The notebook's network: 2 x (46*46*9*1*64 + 46*46*9*64*64 + 23*23*9*(64*128 + 2*128*128) + ...) per face.
+    convolutions = [(46, 1, 64), (46, 64, 64), (23, 64, 128), (23, 128, 128), (23, 128, 128), (11, 128, 256),
+                    (11, 256, 256), (11, 256, 256), (5, 256, 512), (5, 512, 512), (5, 512, 512)]
+    dense = [(2048, 512), (512, 256), (256, 128), (128, 64), (64, 7)]
+    expected = 2 * (sum(size * size * 9 * cin * cout for size, cin, cout in convolutions) + sum(a * b for a, b in dense))
+    model = build_model()
+    assert bench.forward_flops_per_image(model) == expected
+    assert bench.training_flops_per_image(model) == 3 * expected
+
+    avx2 = {"avx", "avx2", "fma"}
+    assert bench.peak_flops("float32", avx2, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32
+    assert bench.peak_flops("mixed_bfloat16", avx2, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32  # nothing faster
+    zen4 = avx2 | {"avx512f", "avx512_bf16"}
+    assert bench.peak_flops("float32", zen4, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32
+    assert bench.peak_flops("mixed_bfloat16", zen4, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 64
+    sapphire_rapids = avx2 | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert bench.peak_flops("float32", sapphire_rapids, 2, 2.0, "GenuineIntel")[0] == 2 * 2.0e9 * 64
+    peak, how = bench.peak_flops("mixed_bfloat16", sapphire_rapids, 2, 2.0, "GenuineIntel")
+    assert peak == 2 * 2.0e9 * 1024 and "AMX" in how
+    assert bench.peak_flops("float32", avx2, 2, 0.0)[0] is None
