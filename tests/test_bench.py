@@ -35,7 +35,7 @@ def test_bench_speed_figures_count_what_they_timed(synthetic_csv):
             figure = bench.measure_predict(how, str(synthetic_csv), "float32", 40)
             assert figure["images_per_second"] == pytest.approx(max(figure["segments"]), abs=0.01)
             assert len(figure["segments"]) == len(figure["segment_cpu_cores"]) == bench.SEGMENTS
-        figure = bench.measure_train("ours", str(synthetic_csv), "mixed_bfloat16", 3, 4)
+        figure = bench.measure_train("ours", str(synthetic_csv), "float32", 3, 4)  # bfloat16 is emulated, slow, on some CPUs
         assert figure["images_per_second"] > 0 and len(figure["segments"]) == 3 and figure["timed_steps"] == 3
     finally:
         keras.mixed_precision.set_global_policy("float32")

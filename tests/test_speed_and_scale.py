@@ -240,7 +240,7 @@ def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
     pytest.importorskip("jax")
     jax = {"KERAS_BACKEND": "jax"}
     result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
-                        "--set", "data.limit=600", "--set", "train.epochs=3", "--set", "train.precision=float32",
+                        "--set", "data.limit=600", "--set", "train.epochs=2", "--set", "train.precision=float32",
                         "--set", f"output.dir={tmp_path}", "--set", "output.name=jax", env=jax)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "backend jax" in result.stdout
