@@ -122,7 +122,8 @@ def forward_flops_per_image(model):
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
             _, height, width, channels_out = layer.output.shape
-            total += 2 * height * width * layer.kernel_size[0] * layer.kernel_size[1] * layer.input.shape[-1] * channels_out
+            kernel_height, kernel_width = layer.kernel_size
+            total += 2 * height * width * kernel_height * kernel_width * layer.input.shape[-1] * channels_out
         elif isinstance(layer, keras.layers.Dense):
             total += 2 * layer.input.shape[-1] * layer.units
     return int(total)
@@ -214,7 +215,8 @@ def measure_predict(how, path, precision, images):
             evaluate.predict_probabilities(model, faces.images)
 
     predict()  # the first pass compiles
-    return {**best_of([timed(predict, images) for _ in range(SEGMENTS)]), "flops_per_image": forward_flops_per_image(model)}
+    return {**best_of([timed(predict, images) for _ in range(SEGMENTS)]),
+            "flops_per_image": forward_flops_per_image(model)}
 
 
 def measure_precision(seed, precision, folder):
@@ -444,7 +446,8 @@ def print_table(figures):
         cores = f"{f['cpu_cores']:.2f}" if "cpu_cores" in f else ""
         tflops = f"{f['tflops']:.3f}" if "tflops" in f else ""
         share = f"{f['share_of_peak']:.0%}" if "share_of_peak" in f else ""
-        print(f"{f['bench']:<8} {f['what']:<36} {seconds:>9} {peak:>9} {rate:>9} {ratio:>10} {cores:>6} {tflops:>8} {share:>8}")
+        print(f"{f['bench']:<8} {f['what']:<36} {seconds:>9} {peak:>9} {rate:>9} {ratio:>10} {cores:>6} {tflops:>8} "
+              f"{share:>8}")
     reckoned = {f["precision"]: (f["peak_tflops"], f["peak_reckoned"]) for f in figures if "peak_reckoned" in f}
     for precision, (peak, how) in reckoned.items():
         print(f"peak estimate, {precision}: {peak:.3f} TFLOP/s = {how}")
