@@ -100,8 +100,9 @@ def parts(run_dir, history):
 
 
 def summarize(run_dir, history, notebook):
-    config = _yaml(os.path.join(run_dir, "config.yaml"))
-    epochs = config["train"]["epochs"]
+    from config import load_config
+
+    epochs = load_config(os.path.join(run_dir, "config.yaml"))["train"]["epochs"]
     best = int(history["val_accuracy"].idxmax())
     summary = {
         "run": os.path.basename(os.path.normpath(run_dir)),
@@ -129,13 +130,6 @@ def summarize(run_dir, history, notebook):
                                "val_accuracy_at": {str(e): float(notebook["val_accuracy"][e - 1]) for e in MILESTONES
                                                    if e <= len(notebook)}}
     return summary
-
-
-def _yaml(path):
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
 
 
 def plot_against_notebook(history, notebook, summary, path):
@@ -185,6 +179,8 @@ def plot_against_notebook(history, notebook, summary, path):
 
 def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
     """Write out_dir/ and out_dir_vs_notebook.png from run_dir; returns the summary."""
+    import pandas as pd
+
     if not os.path.isfile(os.path.join(run_dir, "history.csv")):
         raise UserError(f"{run_dir}: no history.csv (not a run directory, or no epoch finished yet)")
     history = read_history(os.path.join(run_dir, "history.csv"))
@@ -197,16 +193,17 @@ def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
     for path in sorted(glob.glob(os.path.join(run_dir, "metrics*.json"))):
         shutil.copyfile(path, os.path.join(out_dir, os.path.basename(path)))
     for path in sorted(glob.glob(os.path.join(run_dir, "predictions*.csv"))):
-        import pandas as pd
-
         table = pd.read_csv(path).drop(columns=["true"])
         with replaced_atomically(os.path.join(out_dir, os.path.basename(path))) as temporary:
             table.to_csv(temporary, index=False)
-    checkpoints = [name for name in ("best.keras", "last.keras") if os.path.exists(os.path.join(run_dir, name))]
-    if checkpoints:
-        write_text(os.path.join(out_dir, "checkpoints.sha256"),
-                   "".join(f"{sha256(os.path.join(run_dir, name))}  {name}\n" for name in checkpoints))
     summary = summarize(run_dir, history, notebook)
+    checksums = os.path.join(out_dir, "checkpoints.sha256")
+    if summary["finished"]:
+        write_text(checksums, "".join(f"{sha256(os.path.join(run_dir, name))}  {name}\n"
+                                      for name in ("best.keras", "last.keras")
+                                      if os.path.exists(os.path.join(run_dir, name))))
+    elif os.path.exists(checksums):
+        os.remove(checksums)  # a running run's best.keras is not the one its results will name
     write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     picture = os.path.normpath(out_dir) + "_vs_notebook.png"
     plot_against_notebook(history, notebook, summary, picture)

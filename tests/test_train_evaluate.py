@@ -163,7 +163,7 @@ def test_results_of_an_unfinished_run_keep_its_epochs(trained_run, tmp_path):
     run_dir, _ = trained_run
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
-    for name in ("config.yaml", "environment.json"):
+    for name in ("config.yaml", "environment.json", "best.keras"):  # a running run has its best.keras so far
         (unfinished / name).write_bytes((run_dir / name).read_bytes())
     (unfinished / "history.csv").write_text("\n".join((run_dir / "history.csv").read_text().splitlines()[:4]) + "\n")
     result = run_script("results.py", unfinished, "--out", tmp_path / "out", "--notebook-log", "")
