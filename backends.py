@@ -6,6 +6,7 @@ stay plain Keras 3 and run on any backend (KERAS_BACKEND=tensorflow, the default
 """
 import contextlib
 import os
+import types
 
 from common import UserError, native_stderr_held
 
@@ -207,3 +208,38 @@ def describe_devices():
     for name, (major, minor) in gpus():
         text += f"; {name} (compute capability {major}.{minor})"
     return text
+
+
+def fuse_batch_normalization(model):
+    """On TensorFlow, the model's BatchNormalization layers run TensorFlow's fused kernel: one oneDNN (CPU) or
+    cuDNN (GPU) op each way, where Keras 3 runs about a dozen elementwise ops, with casts to float32 around them
+    under mixed precision. Same function and moving statistics; about 1.1x (float32) and 1.1-1.5x (bfloat16)
+    the training speed on a 2-core CPU. Only the layers' call changes: checkpoints hold Keras's own
+    BatchNormalization and load anywhere, on any backend."""
+    if keras.backend.backend() != "tensorflow":
+        return model
+    for layer in model.layers:
+        if (type(layer) is keras.layers.BatchNormalization and len(layer.input.shape) == 4 and layer.axis in (-1, 3)
+                and layer.center and layer.scale and not layer.renorm and not layer.synchronized):
+            layer.call = types.MethodType(_fused_batch_normalization, layer)
+    return model
+
+
+def _fused_batch_normalization(layer, inputs, training=None, mask=None):
+    import tensorflow as tf
+
+    if mask is not None or (training and not layer.trainable):
+        # Keras's own call: masks, and a frozen layer that gradients flow through (TensorFlow has no deterministic
+        # GPU gradient for the fused kernel in inference mode)
+        return type(layer).call(layer, inputs, training=training, mask=mask)
+    if training:
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, layer.gamma, layer.beta, epsilon=layer.epsilon, is_training=True)
+        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
+        variance *= (count - 1) / count  # TensorFlow gives the unbiased variance; Keras averages the biased one
+        for moving, batch in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
+            moving.assign(moving * layer.momentum + batch * (1 - layer.momentum))
+        return outputs
+    outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(inputs, layer.gamma, layer.beta, layer.moving_mean,
+                                                     layer.moving_variance, epsilon=layer.epsilon, is_training=False)
+    return outputs

@@ -106,11 +106,13 @@ def _model(precision, how):
     """Ours as train.py builds it, or the notebook's: Keras's own layers, BatchNormalization unfused."""
     import keras
 
+    import train
     from config import load_config
     from model import build_model
 
     keras.mixed_precision.set_global_policy(precision)
-    return build_model(load_config(os.path.join(HERE, "config.yaml")), fused_batch_norm=how != "notebook")
+    config = load_config(os.path.join(HERE, "config.yaml"))
+    return train.compile_model(build_model(config), config, fused_batch_norm=how != "notebook")
 
 
 def forward_flops_per_image(model):
@@ -224,13 +226,14 @@ def measure_precision(seed, precision, folder):
     import contextlib
     import io
 
+    import checkpoints
     import data
-    import evaluate
+    import synthetic
     import train
     from config import load_config
 
     path = os.path.join(folder, "synthetic.csv")
-    data.write_csv(path, data.make_synthetic(2000, seed=1))
+    data.write_csv(path, synthetic.make_synthetic(2000, seed=1))
     config = load_config(os.path.join(HERE, "configs", "demo.yaml"), [
         f"data.path={path}", "data.cache_dir=null", f"train.seed={seed}", f"train.precision={precision}",
         f"output.dir={folder}", "output.name=run"])
@@ -242,7 +245,7 @@ def measure_precision(seed, precision, folder):
             scores[name] = json.load(f)["accuracy"]
     with contextlib.redirect_stdout(io.StringIO()):
         train_faces, _, test = train.prepare_data(config)
-    model = evaluate.load_checkpoint(os.path.join(run_dir, "last.keras"))
+    model = checkpoints.load_checkpoint(os.path.join(run_dir, "last.keras"))
     recompute_batch_norm_statistics(model, data.to_float(train_faces.images))
     scores["final_bn_recomputed"] = float(np.mean(model.predict(data.to_float(test.images), verbose=0).argmax(axis=1)
                                                   == test.labels))

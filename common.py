@@ -70,3 +70,20 @@ def write_text(path, text):
     """Write a text file atomically."""
     with replaced_atomically(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def pyplot():
+    """matplotlib.pyplot, drawing to files only (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path, dpi=100):
+    """Save a matplotlib figure atomically and free it."""
+    with replaced_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=dpi)
+    pyplot().close(figure)

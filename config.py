@@ -6,6 +6,7 @@ a YAML syntax error) is a UserError: the scripts print it as one line and exit w
 """
 import copy
 import math
+import os
 
 import yaml
 
@@ -14,7 +15,7 @@ from common import UserError
 DEFAULTS = {
     "data": {
         "path": "data/fer2013.csv",
-        "protocol": "seed",
+        "protocol": "notebook",
         "validation_split": 0.2,
         "limit": None,
         "synthetic": None,
@@ -61,12 +62,14 @@ TYPES = {
     "output.name": (str, type(None)),
 }
 CHOICES = {
-    "data.protocol": ("seed", "standard"),
+    "data.protocol": ("notebook", "standard"),
     "train.optimizer": ("adam", "adamw", "sgd", "rmsprop"),
     "train.schedule": ("plateau", "cosine"),
     "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "train.distribute": ("auto", "none", "mirrored", "multi_worker"),
 }
+# Values that older configs spell by another name (data.protocol "seed" was the notebook's split).
+RENAMED = {"data.protocol": {"seed": "notebook"}}
 # The notebook (Keras 2) spelled accuracy "acc"; Keras 3 calls it "accuracy".
 MONITORS = {"loss": "loss", "val_loss": "val_loss", "accuracy": "accuracy", "val_accuracy": "val_accuracy",
             "acc": "accuracy", "val_acc": "val_accuracy"}
@@ -91,6 +94,12 @@ def load_config(path=None, overrides=()):
         set_key(config, key, value, source="--set")
     validate(config)
     return config
+
+
+def config_beside(checkpoint, overrides=()):
+    """The config of the run a checkpoint belongs to (its config.yaml beside it), else the defaults; then --set."""
+    run_config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yaml")
+    return load_config(run_config if os.path.isfile(run_config) else None, overrides)
 
 
 def read_yaml(path, what="config file"):
@@ -204,6 +213,7 @@ def validate(config):
     for key, value in flatten(config).items():
         kinds = TYPES.get(key, (type(defaults[key]),))
         value = coerce(value, kinds)
+        value = RENAMED.get(key, {}).get(value, value) if isinstance(value, str) else value
         set_key(config, key, value, source="config")
         check_type(key, value, kinds)
         if list in kinds and not all(isinstance(item, int) and not isinstance(item, bool) and item > 0

@@ -8,14 +8,13 @@ Images are kept as uint8 (N, 48, 48) until a batch is formed; `load_data` alone 
 float32 arrays. Parsing is vectorized with numpy over blocks of rows, never a Python loop over pixels.
 """
 import argparse
+import glob
 import gzip
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tarfile
-import zlib
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -84,22 +83,23 @@ def read_faces(path, cache_dir="auto"):
     directory = cache_location(cache_dir)
     if directory is None:
         return read(path)
-    cache_file = os.path.join(directory, hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:24] + ".fer")
-    fingerprint = source_fingerprint(path)
-    faces = load_cache(cache_file, fingerprint)
+    source = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    version = hashlib.sha256(json.dumps(source_fingerprint(path)).encode()).hexdigest()[:16]
+    cache_file = os.path.join(directory, f"{source}-{version}.npz")
+    faces = load_cache(cache_file)
     if faces is None:
         faces = read(path)
-        save_cache(cache_file, fingerprint, faces)
+        save_cache(cache_file, faces, stale=glob.glob(os.path.join(glob.escape(directory), f"{source}-*.npz")))
     return faces
 
 
 # --- the parse cache ------------------------------------------------------------------------------------
-# One file per source path: a JSON header line (the source's fingerprint, array shapes and CRC-32s), then
-# the raw uint8 images, labels and usage. A changed source (size, mtime or sampled content) or a damaged
-# file (short, bad header, CRC mismatch) is rebuilt, never trusted.
+# A plain NumPy .npz file (images, labels, usage) named by the source's path and fingerprint, so that a changed
+# source (size, mtime or sampled content) finds no cache and is parsed again. A damaged file (short, not a zip,
+# a CRC-32 mismatch in any array, bytes after its end) is rebuilt, never trusted.
 
-CACHE_VERSION = 1
 SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 1 << 16
+ZIP_END = b"PK\x05\x06"  # the signature of a zip file's last 22 bytes (NumPy writes no zip comment)
 
 
 def cache_location(cache_dir):
@@ -133,37 +133,32 @@ def source_fingerprint(path):
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
 
 
-def load_cache(cache_file, fingerprint):
-    """The cached Faces if the file is whole and was made from this very source, else None."""
+def load_cache(cache_file):
+    """The cached Faces if the file is there and whole, else None."""
     try:
         with open(cache_file, "rb") as f:
-            header = json.loads(f.readline())
-            if header.get("version") != CACHE_VERSION or header.get("source") != fingerprint:
+            f.seek(-len(ZIP_END) - 18, os.SEEK_END)
+            if f.read(len(ZIP_END)) != ZIP_END:
                 return None
-            arrays = []
-            for name in Faces._fields:
-                shape, crc = header["arrays"][name]
-                array = np.fromfile(f, np.uint8, count=int(np.prod(shape)))
-                if array.size != np.prod(shape) or zlib.crc32(array) != crc:
-                    return None
-                arrays.append(array.reshape(shape))
-            if f.read(1):
-                return None
-    except (OSError, ValueError, KeyError, TypeError):
+        with np.load(cache_file) as arrays:
+            faces = Faces(*(arrays[name] for name in Faces._fields))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    return Faces(*arrays)
+    whole = (all(array.dtype == np.uint8 for array in faces) and faces.images.shape[1:] == (SIZE, SIZE)
+             and len(faces.images) == len(faces.labels) == len(faces.usage))
+    return faces if whole else None
 
 
-def save_cache(cache_file, fingerprint, faces):
-    """Write the cache to a temporary name, then rename; a cache that cannot be written is only skipped."""
-    header = {"version": CACHE_VERSION, "source": fingerprint,
-              "arrays": {name: [list(array.shape), zlib.crc32(array)] for name, array in zip(Faces._fields, faces)}}
+def save_cache(cache_file, faces, stale=()):
+    """Write the cache to a temporary name, then rename, and remove the source's older caches; a cache that
+    cannot be written is only skipped."""
     try:
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-        with replaced_atomically(cache_file) as temporary, open(temporary, "wb") as f:
-            f.write(json.dumps(header).encode() + b"\n")
-            for array in faces:
-                f.write(np.ascontiguousarray(array, np.uint8).tobytes())
+        with replaced_atomically(cache_file) as temporary:
+            np.savez(temporary, **faces._asdict())
+        for old in stale:
+            if old != cache_file:
+                os.remove(old)
     except OSError as error:
         print(f"note: could not write the data cache {cache_file}: {error.strerror}", file=sys.stderr)
 
@@ -315,7 +310,7 @@ def read_folders(root):
     """train/<class>/*.jpg and test/<class>/*.jpg; Usage from the file-name prefix (Training_, PublicTest_,
     PrivateTest_), else from the folder (train -> Training, test -> PrivateTest).
 
-    This release has no file order: each Usage block is sorted by file name, so the seed protocol's last-20%
+    This release has no file order: each Usage block is sorted by file name, so the notebook protocol's last-20%
     validation rows are not the same faces as in the CSV.
     """
     from PIL import Image, UnidentifiedImageError
@@ -359,17 +354,17 @@ def read_folders(root):
 
 # --- protocols ------------------------------------------------------------------------------------------
 
-def split(faces, protocol="seed", validation_split=0.2, path="data"):
+def split(faces, protocol="notebook", validation_split=0.2, path="data"):
     """(train, validation, test) Faces for a protocol.
 
-    seed:     the notebook. Training+PublicTest in file order, the LAST `validation_split` of it held out
+    notebook: the notebook's split. Training+PublicTest in file order, the LAST `validation_split` of it held out
               (what Keras's fit(validation_split=...) does, before shuffling); test is PrivateTest.
     standard: Training / PublicTest / PrivateTest as train / validation / test.
     """
     test = faces.select(faces.usage == PRIVATE_TEST)
     if len(test) == 0:
         raise UserError(f"{path}: no PrivateTest rows, so there is nothing to test on")
-    if protocol == "seed":
+    if protocol == "notebook":
         rest = faces.select(faces.usage != PRIVATE_TEST)
         split_at = int(np.floor(len(rest) * (1.0 - validation_split)))
         if split_at == 0 or split_at == len(rest):
@@ -408,93 +403,6 @@ def counts_table(faces):
     return table
 
 
-# --- synthetic faces ------------------------------------------------------------------------------------
-
-# Per class: mouth curve (+ smiles), mouth opening, brow slant (+ inner ends down), brow lift, eye opening.
-EXPRESSIONS = {
-    "Angry":    dict(curve=-0.6, open=0.0, slant=3.0, lift=0.0, eyes=0.6),
-    "Disgust":  dict(curve=-1.2, open=0.0, slant=1.5, lift=-0.5, eyes=0.4, tilt=3.0),
-    "Fear":     dict(curve=-0.4, open=2.0, slant=-2.5, lift=2.0, eyes=1.6),
-    "Happy":    dict(curve=3.5, open=0.0, slant=0.0, lift=0.5, eyes=0.8),
-    "Sad":      dict(curve=-3.0, open=0.0, slant=-2.0, lift=0.5, eyes=0.8),
-    "Surprise": dict(curve=0.0, open=4.5, slant=0.0, lift=3.5, eyes=1.7),
-    "Neutral":  dict(curve=0.0, open=0.0, slant=0.0, lift=0.0, eyes=1.0),
-}
-
-
-def _stroke(canvas, xs, ys, ink, width, grid):
-    """Darken each canvas (B, 48, 48) along its polyline (xs, ys: (B, K)) with a soft pen of `width` pixels."""
-    coordinate = grid[0][0]  # 0..47, the same along x and y
-    across = (coordinate[None, None, :, None] - xs[:, None, None, :]) ** 2
-    down = (coordinate[None, :, None, None] - ys[:, None, None, :]) ** 2
-    distance = np.sqrt((across + down).min(axis=-1))
-    alpha = np.clip(width - distance + 0.5, 0, 1)
-    canvas += alpha * (ink[:, None, None] - canvas)
-
-
-def _draw_faces(rng, labels, grid):
-    """One face per label, all drawn at once: every part's parameters are arrays over the batch."""
-    n = len(labels)
-    gx, gy = grid
-
-    def expression(key, spread):
-        values = np.array([EXPRESSIONS[name].get(key, 0.0) for name in EMOTIONS], np.float32)
-        return (values[labels] + rng.normal(0, spread, n))[:, None].astype(np.float32)
-
-    def column(values):
-        return np.asarray(values, np.float32)[:, None]
-
-    background = rng.uniform(20, 235, n)
-    canvas = background[:, None, None] + rng.normal(0, 12, n)[:, None, None] * (gx - SIZE / 2) / SIZE
-    cx, cy = column(SIZE / 2 + rng.normal(0, 2, n)), column(SIZE / 2 + rng.normal(0, 2, n))
-    scale = column(rng.uniform(0.85, 1.1, n))
-    skin = rng.uniform(90, 210, n)
-    too_close = np.abs(skin - background) < 30
-    skin[too_close] = np.where(background < 128, background + 40, background - 40)[too_close]
-    head = ((gx - cx[:, :, None]) / (17 * scale[:, :, None])) ** 2 + ((gy - cy[:, :, None]) / (21 * scale[:, :, None])) ** 2
-    canvas = np.where(head < 1, skin[:, None, None], canvas).astype(np.float32)
-    ink = (skin * rng.uniform(0.1, 0.45, n)).astype(np.float32)
-    t = np.linspace(-1, 1, 15, dtype=np.float32)[None, :]
-    angle = np.linspace(0, 2 * np.pi, 20, dtype=np.float32)[None, :]
-    # Eyes: ellipses whose height shows how wide open they are.
-    eye_open = np.maximum(expression("eyes", 0.15), 0.2)
-    for side in (-1, 1):
-        ex, ey = cx + side * 7 * scale, cy - 4 * scale
-        _stroke(canvas, ex + 3.2 * scale * np.cos(angle), ey + 1.8 * scale * eye_open * np.sin(angle), ink, 0.6, grid)
-        _stroke(canvas, ex, ey, ink, np.minimum(eye_open, 1.2)[:, :, None], grid)
-        # Brows: the inner end goes down by `slant`, the whole brow up by `lift`.
-        slant, lift = expression("slant", 0.4), expression("lift", 0.4)
-        inner = (-side * t + 1) / 2
-        _stroke(canvas, ex + t * 4 * scale, ey - (5 + lift) * scale + slant * inner * scale, ink, 0.8, grid)
-    # Mouth: a parabola whose corners rise with `curve`, tilted for disgust, open for fear and surprise.
-    curve, tilt = expression("curve", 0.5), expression("tilt", 0.4)
-    opening = np.maximum(expression("open", 0.4), 0.0)
-    mx = cx + t * 7 * scale
-    my = cy + 10 * scale - curve * t ** 2 * scale + tilt * t * scale / 2
-    lips = opening / 2 * np.sqrt(1 - t ** 2) * scale
-    _stroke(canvas, mx, my - lips, ink, 0.8, grid)
-    _stroke(canvas, mx, my + lips, ink, 0.8, grid)
-    # Nose.
-    _stroke(canvas, np.repeat(cx, 4, axis=1), cy + np.linspace(-1, 4, 4, dtype=np.float32) * scale, ink * 1.3, 0.5, grid)
-    canvas += rng.normal(0, 1, canvas.shape).astype(np.float32) * rng.uniform(4, 14, n)[:, None, None].astype(np.float32)
-    return np.clip(canvas, 0, 255).round().astype(np.uint8)
-
-
-def make_synthetic(rows, seed=0):
-    """`rows` procedurally drawn 48x48 faces whose expression decides the class (mouth, brows, eyes), with
-    random position, size, contrast and noise. Usage blocks as in FER2013: 80% Training, 10% PublicTest,
-    10% PrivateTest. A stand-in for demos and tests, never for FER2013."""
-    rng = np.random.default_rng(seed)
-    grid = np.meshgrid(np.arange(SIZE, dtype=np.float32), np.arange(SIZE, dtype=np.float32))
-    labels = rng.integers(0, len(EMOTIONS), rows).astype(np.uint8)
-    images = np.concatenate([_draw_faces(rng, labels[i:i + 256], grid) for i in range(0, rows, 256)])
-    n_train, n_public = int(rows * 0.8), int(rows * 0.1)
-    usage = np.full(rows, PRIVATE_TEST, np.uint8)
-    usage[:n_train] = TRAINING
-    usage[n_train:n_train + n_public] = PUBLIC_TEST
-    return Faces(images, labels, usage)
-
-
 def write_csv(path, faces):
     """Write Faces in the Kaggle format (emotion,pixels,Usage), to a temporary name first."""
     as_text = np.array([str(value) for value in range(256)])
@@ -503,92 +411,6 @@ def write_csv(path, faces):
         f.write(",".join(COLUMNS) + "\n")
         for image, label, usage in zip(faces.images, faces.labels, faces.usage):
             f.write(f"{label},{' '.join(as_text[image.ravel()])},{USAGES[usage]}\n")
-
-
-# --- download -------------------------------------------------------------------------------------------
-
-COMPETITION = "challenges-in-representation-learning-facial-expression-recognition-challenge"
-FOLDER_RELEASE = "msambare/fer2013"  # the public image-folder release on Kaggle
-
-
-def download(dest="data", source="auto"):
-    """Put FER2013 at dest/fer2013.csv through kagglehub.
-
-    source "competition": the competition's own fer2013.csv (needs Kaggle credentials, KAGGLE_USERNAME and
-    KAGGLE_KEY or ~/.kaggle/kaggle.json, and the competition's rules accepted on its page). "folders", or any
-    Kaggle dataset handle: the image-folder release, converted to the Kaggle CSV (its Usage blocks sorted by
-    file name, having no row order of their own). "auto": the competition when credentials are set, else the
-    folders. Nothing is downloaded when dest/fer2013.csv exists already.
-    """
-    target = os.path.join(dest, "fer2013.csv")
-    if os.path.exists(target):
-        print(f"{target} is there already; delete it to download again")
-        return target
-    try:
-        import kagglehub
-        from kagglehub.config import get_kaggle_credentials
-    except ImportError:
-        raise UserError("the download needs kagglehub: pip install kagglehub") from None
-    if source == "auto":
-        source = "competition" if get_kaggle_credentials() else "folders"
-    handle = FOLDER_RELEASE if source == "folders" else source
-    try:
-        if source == "competition":
-            found = _competition_csv(kagglehub.competition_download(COMPETITION), dest)
-            os.makedirs(dest, exist_ok=True)
-            with replaced_atomically(target) as temporary:
-                shutil.copyfile(found, temporary)
-        else:
-            faces = read_folders(_release_root(kagglehub.dataset_download(handle)))
-            write_csv(target, faces)
-    except UserError:
-        raise
-    except Exception as error:  # kagglehub raises requests', its own and OS errors alike
-        raise UserError(f"could not download {'the competition files' if source == 'competition' else handle}: "
-                        f"{_download_problem(error)}; or download fer2013.csv by hand from {FER2013_URL} and put it "
-                        f"at {target}") from None
-    print(f"wrote {target} ({'the competition file' if source == 'competition' else handle + ', converted'})")
-    return target
-
-
-def _download_problem(error):
-    import requests
-    from kagglehub.exceptions import UnauthenticatedError
-
-    if isinstance(error, requests.exceptions.ConnectionError):
-        return "cannot reach Kaggle (offline?)"
-    if isinstance(error, UnauthenticatedError):
-        return ("Kaggle credentials are needed (KAGGLE_USERNAME and KAGGLE_KEY, or ~/.kaggle/kaggle.json), "
-                "with the competition's rules accepted on its page")
-    text = " ".join(str(error).split()) or error.__class__.__name__
-    return text[:300] + ("..." if len(text) > 300 else "")
-
-
-def _competition_csv(path, dest):
-    """fer2013.csv from the competition files: as it is, inside fer2013.tar.gz, or as icml_face_data.csv."""
-    for folder, _, files in os.walk(path):
-        if "fer2013.csv" in files:
-            return os.path.join(folder, "fer2013.csv")
-    for folder, _, files in os.walk(path):
-        if "fer2013.tar.gz" in files:
-            with tarfile.open(os.path.join(folder, "fer2013.tar.gz")) as archive:
-                member = next((m for m in archive.getmembers() if m.name.endswith("fer2013.csv")), None)
-                if member is not None:
-                    os.makedirs(dest, exist_ok=True)
-                    extracted = os.path.join(dest, "fer2013.extracting.csv")
-                    with archive.extractfile(member) as source, open(extracted, "wb") as out:
-                        shutil.copyfileobj(source, out)
-                    return extracted
-        if "icml_face_data.csv" in files:
-            return os.path.join(folder, "icml_face_data.csv")
-    raise UserError(f"{path}: the competition files hold no fer2013.csv")
-
-
-def _release_root(path):
-    for folder, subfolders, _ in os.walk(path):
-        if "train" in subfolders and "test" in subfolders:
-            return folder
-    raise UserError(f"{path}: no train/ and test/ folders in the downloaded release")
 
 
 # --- command line ---------------------------------------------------------------------------------------
@@ -607,12 +429,16 @@ def main(argv=None):
                         help="--download from: auto, competition, folders, or a Kaggle dataset handle (default auto)")
     args = parser.parse_args(argv)
     if args.download:
-        download(args.dest, args.source)
+        import download
+
+        download.download(args.dest, args.source)
         return 0
     if args.synthetic:
         if args.rows <= 0:
             raise UserError(f"--rows must be positive, got {args.rows}")
-        faces = make_synthetic(args.rows, args.seed)
+        import synthetic
+
+        faces = synthetic.make_synthetic(args.rows, args.seed)
         write_csv(args.synthetic, faces)
         print(f"wrote {args.synthetic}: {len(faces)} SYNTHETIC faces (not FER2013), seed {args.seed}")
         return 0

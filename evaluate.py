@@ -12,101 +12,17 @@ import argparse
 import json
 import os
 import sys
-import zipfile
 
 import numpy as np
 
-from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically, write_text
-from config import load_config
 import backends
 import data
-import model as model_lib
+from checkpoints import load_checkpoint
+from common import UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure, write_text
+from config import config_beside
 
 with native_stderr_held():
     import keras
-
-
-def load_checkpoint(path, weights=None):
-    """A model from our .keras file, our model.json + model.weights.h5, or the notebook's own Keras 2 files:
-    its model.json with a save_weights .h5, or a whole-model HDF5 file whatever its extension (.h5, .hdf5, .hd5)."""
-    if not os.path.exists(path):
-        raise UserError(f"checkpoint {path} not found")
-    if os.path.isdir(path):
-        raise UserError(f"checkpoint {path} is a folder, not a model file")
-    if os.path.getsize(path) == 0:
-        raise UserError(f"checkpoint {path} is empty")
-    if path.endswith(".json"):
-        model = _load_json(path, weights)
-    elif path.endswith(".keras"):
-        if not zipfile.is_zipfile(path):
-            raise UserError(f"{path}: truncated or not a Keras file (a .keras file is a whole zip archive)")
-        model = _keras_load(path)
-    elif path.endswith((".h5", ".hdf5", ".hd5")):
-        text = model_lib.keras2_model_config(path)
-        if text is not None:
-            model = model_lib.keras2_model(text, path, path)
-            print(f"{path}: a Keras 2 model file; {model_lib.compare_with_model_py(model)}")
-        elif model_lib.is_keras2_weights_only(path):
-            raise UserError(f"{path} holds weights only: give the model.json as --checkpoint and this file as --weights")
-        else:
-            model = _keras_load(path)
-    else:
-        raise UserError(f"{path}: not a model file (expected .keras, a Keras .h5/.hdf5/.hd5, or a model.json)")
-    check_shapes(model, path)
-    return model
-
-
-def _keras_load(path):
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a foreign file
-        raise UserError(f"{path}: not a loadable Keras model: {_first_line(error)}") from None
-
-
-def _load_json(path, weights):
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        spec = json.loads(text)
-    except ValueError:
-        raise UserError(f"{path}: not JSON") from None
-    if not isinstance(spec, dict):
-        raise UserError(f"{path}: not a Keras model description")
-    keras2 = model_lib.is_keras2_json(spec)
-    if weights is None:
-        folder, stem = os.path.dirname(path), os.path.splitext(os.path.basename(path))[0]
-        candidates = ([f"{stem}.h5", "model.h5", "weights.h5", f"{stem}.weights.h5"] if keras2
-                      else [f"{stem}.weights.h5", "model.weights.h5"])
-        weights = next((os.path.join(folder, name) for name in candidates
-                        if os.path.isfile(os.path.join(folder, name))), None)
-        if weights is None:
-            raise UserError(f"{path}: no weights file beside it ({', '.join(candidates)}): give one with --weights")
-    if not os.path.isfile(weights):
-        raise UserError(f"weights file {weights} not found")
-    if keras2:
-        model = model_lib.keras2_model(text, path, weights)
-        print(f"{path}: the notebook's Keras 2 format; {model_lib.compare_with_model_py(model)}")
-        return model
-    try:
-        model = keras.models.model_from_json(text)
-        model.load_weights(weights)
-    except Exception as error:
-        raise UserError(f"{path} + {weights}: cannot be loaded as a Keras model: {_first_line(error)}") from None
-    return model
-
-
-def check_shapes(model, path):
-    """The model must take 48x48x1 faces and give 7 class probabilities."""
-    input_shape, output_shape = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
-    if input_shape != data.IMAGE_SHAPE:
-        raise UserError(f"{path}: the model takes inputs of shape {input_shape}, expected {data.IMAGE_SHAPE} (48x48 grayscale)")
-    if output_shape != (len(data.EMOTIONS),):
-        raise UserError(f"{path}: the model outputs shape {output_shape}, expected ({len(data.EMOTIONS)},) (7 emotions)")
-
-
-def _first_line(error):
-    text = str(error).strip().splitlines()
-    return text[0] if text else error.__class__.__name__
 
 
 def predict_probabilities(model, images, batch_size=256, tta=False):
@@ -131,25 +47,26 @@ def predict_probabilities(model, images, batch_size=256, tta=False):
 
 
 def evaluate_model(model, faces, split="PrivateTest", batch_size=256, tta=False):
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix of `model` on `faces`; and the
-    class probabilities of every face."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    """Accuracy, per-class precision/recall/F1 (scikit-learn's classification report) and the confusion matrix
+    of `model` on `faces`; and the class probabilities of every face."""
+    from sklearn.metrics import classification_report, confusion_matrix
 
     probabilities = predict_probabilities(model, faces.images, batch_size, tta)
     predicted = probabilities.argmax(axis=1)
     truth = faces.labels.astype(np.int64)
     classes = list(range(len(data.EMOTIONS)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=classes, zero_division=0)
+    report = classification_report(truth, predicted, labels=classes, target_names=data.EMOTIONS,
+                                   output_dict=True, zero_division=0)
     return {
         "split": split,
         "tta": bool(tta),
         "n": int(len(truth)),
         "accuracy": float(np.mean(predicted == truth)),
-        "macro_f1": float(np.mean(f1)),
+        "macro_f1": float(report["macro avg"]["f1-score"]),
         "classes": list(data.EMOTIONS),
-        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                             "support": int(support[i])} for i, name in enumerate(data.EMOTIONS)},
+        "per_class": {name: {"precision": float(report[name]["precision"]), "recall": float(report[name]["recall"]),
+                             "f1": float(report[name]["f1-score"]), "support": int(report[name]["support"])}
+                      for name in data.EMOTIONS},
         "confusion_matrix": confusion_matrix(truth, predicted, labels=classes).tolist(),
     }, probabilities
 
@@ -183,27 +100,19 @@ def write_report(metrics, probabilities, faces, out_dir, checkpoint):
 
 
 def plot_confusion_matrix(metrics, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """scikit-learn's confusion-matrix picture: each true class's faces, as shares of what they were taken for."""
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     counts = np.array(metrics["confusion_matrix"])
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    figure, axes = plt.subplots(figsize=(7, 6))
-    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(counts)):
-        for j in range(len(counts)):
-            axes.text(j, i, f"{counts[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                      color="white" if rates[i, j] > 0.5 else "black")
-    axes.set_xticks(range(len(counts)), metrics["classes"], rotation=45, ha="right")
-    axes.set_yticks(range(len(counts)), metrics["classes"])
+    figure, axes = pyplot().subplots(figsize=(7, 6))
+    ConfusionMatrixDisplay(rates, display_labels=metrics["classes"]).plot(
+        ax=axes, cmap="Blues", values_format=".0%", xticks_rotation=45, colorbar=False, im_kw={"vmin": 0, "vmax": 1})
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(f"{metrics['split']}: accuracy {metrics['accuracy']:.4f} ({metrics['n']} images)")
     figure.tight_layout()
-    with replaced_atomically(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def print_report(metrics):
@@ -224,8 +133,7 @@ def load_split(path, split, limit=None, cache_dir="auto"):
 
 def data_for(checkpoint, data_path):
     """The data to score on: --data, else the run's own (config.yaml beside the checkpoint), else the default."""
-    run_config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yaml")
-    config = load_config(run_config if os.path.isfile(run_config) else None)
+    config = config_beside(checkpoint)
     if data_path:
         return data_path, None, config["data"]["cache_dir"]
     return config["data"]["path"], config["data"]["limit"], config["data"]["cache_dir"]

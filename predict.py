@@ -20,9 +20,10 @@ from collections import Counter
 import numpy as np
 
 import data
-import evaluate
+from checkpoints import load_checkpoint
 from common import UserError, exit_on_user_error, replaced_atomically
-from config import load_config
+from config import config_beside
+from evaluate import predict_probabilities
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
@@ -93,7 +94,7 @@ class Predictor:
             return [], np.zeros((0, len(data.EMOTIONS)), np.float32)
         margin = self.margin if self.detect else 0.0
         faces = np.stack([crop_face(gray, box, margin) for box in boxes])
-        return boxes, evaluate.predict_probabilities(self.model, faces)
+        return boxes, predict_probabilities(self.model, faces)
 
     @staticmethod
     def annotate(image, boxes, probabilities):
@@ -230,12 +231,6 @@ def run_webcam(predictor, camera):
         cv2.destroyAllWindows()
 
 
-def settings_for(checkpoint, overrides):
-    """predict.* from the run's config.yaml beside the checkpoint (else the defaults), then --set."""
-    run_config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yaml")
-    return load_config(run_config if os.path.isfile(run_config) else None, overrides)["predict"]
-
-
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -251,8 +246,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.inputs and args.webcam is None:
         raise UserError("give images, folders or videos to predict on, or --webcam")
-    settings = settings_for(args.checkpoint, args.set)
-    model = evaluate.load_checkpoint(args.checkpoint, args.weights)
+    settings = config_beside(args.checkpoint, args.set)["predict"]
+    model = load_checkpoint(args.checkpoint, args.weights)
     predictor = Predictor(model, FaceFinder(settings), settings["margin"], detect=not args.no_detect)
     if args.webcam is not None:
         run_webcam(predictor, args.webcam)

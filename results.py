@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from common import UserError, exit_on_user_error, replaced_atomically, write_text
+from common import UserError, exit_on_user_error, pyplot, replaced_atomically, save_figure, write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOK_LOG = os.path.join(HERE, "..", "shared", "notebook", "training_log.csv")
@@ -134,9 +134,7 @@ def summarize(run_dir, history, notebook):
 
 def plot_against_notebook(history, notebook, summary, path):
     """Validation (and training) accuracy and loss per epoch, this run over the published one."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, (accuracy, loss) = plt.subplots(1, 2, figsize=(13, 5))
     runs = [("this run", history, "tab:blue")] + ([("notebook (published)", notebook, "tab:orange")]
@@ -172,9 +170,7 @@ def plot_against_notebook(history, notebook, summary, path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.tight_layout()
-    with replaced_atomically(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):

@@ -13,13 +13,11 @@ temporary name and renamed, so a kill at any instant leaves the previous good fi
 """
 import argparse
 import gc
-import glob
 import json
 import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,25 +26,22 @@ from importlib import metadata
 import numpy as np
 
 import backends
+import checkpoints
 import data
 import evaluate
-from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically, write_text
+import resume as resume_lib
+import synthetic
+from common import (UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure,
+                    write_text)
 from config import dump, load_config, monitor_mode, monitor_name
 from model import build_model
+from resume import Interrupted
 
 with native_stderr_held():
     import keras
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-STATE = "state.json"
-
-
-class Interrupted(Exception):
-    """Training stopped by Ctrl-C or SIGTERM; the run directory holds what --resume needs."""
-
-    def __init__(self, run_dir, where, signal_number):
-        super().__init__(run_dir, where, signal_number)
-        self.run_dir, self.where, self.exit_status = run_dir, where, 128 + signal_number
+STATE = resume_lib.STATE
 
 
 class Batches(keras.utils.PyDataset):
@@ -83,99 +78,6 @@ class Batches(keras.utils.PyDataset):
         self.order = self._order()
 
 
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """Keras's ModelCheckpoint, writing to a temporary name that is renamed over the checkpoint once whole."""
-
-    def __init__(self, filepath, **kwargs):
-        self.final_path = filepath
-        folder, name = os.path.split(filepath)
-        super().__init__(os.path.join(folder, f"{name.partition('.')[0]}.writing.keras"), **kwargs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        if os.path.exists(self.filepath):
-            os.replace(self.filepath, self.final_path)
-
-
-# What each callback must carry over a resume, beyond the model's and optimizer's variables.
-CALLBACK_STATE = {
-    keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
-    keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
-    keras.callbacks.ModelCheckpoint: ("best",),
-}
-
-
-class RunState(keras.callbacks.Callback):
-    """After every epoch: the weights (with the optimizer's and the loss scale's state) and state.json (epochs
-    done, dropout's random state, the history so far, the other callbacks' counters), which --resume goes on from.
-
-    Weights alternate between two files and state.json, renamed into place last, names the one it goes with,
-    so a kill at any instant leaves a consistent pair. history.csv is rewritten whole from the state each
-    epoch, so it never misses or repeats an epoch. Keras's BackupAndRestore keeps weights and the epoch only,
-    written in place; this keeps the rest too.
-    """
-
-    def __init__(self, run_dir, callbacks, state=None, shuffle_seed=None):
-        super().__init__()
-        self.run_dir, self.callbacks, self.shuffle_seed = run_dir, callbacks, shuffle_seed
-        self.state = state or {"epochs_done": 0, "history": [], "callbacks": {}, "training_over": False}
-
-    def on_train_begin(self, logs=None):
-        # Runs after the other callbacks' on_train_begin, which reset their counters: put them back.
-        for index, callback in enumerate(self.callbacks):
-            for name, value in self.state["callbacks"].get(str(index), {}).items():
-                setattr(callback, name, value)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_started = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {**logs, "seconds": time.time() - self.epoch_started}
-        weights = f"state-{(epoch + 1) % 2}.weights.h5"
-        with replaced_atomically(os.path.join(self.run_dir, weights)) as temporary:
-            self.model.save_weights(temporary)
-        counters = {}
-        for index, callback in enumerate(self.callbacks):
-            names = next((names for kind, names in CALLBACK_STATE.items() if isinstance(callback, kind)), ())
-            counters[str(index)] = {name: _plain(getattr(callback, name)) for name in names}
-        self.state = {"epochs_done": epoch + 1, "weights": weights, "random": random_state(self.model),
-                      "shuffle_seed": self.shuffle_seed,
-                      "history": self.state["history"] + [{"epoch": epoch, **{k: _plain(v) for k, v in logs.items()}}],
-                      "callbacks": counters, "training_over": bool(self.model.stop_training)}
-        write_history(self.run_dir, self.state["history"])
-        write_text(os.path.join(self.run_dir, STATE), json.dumps(self.state, indent=1))
-
-
-def _seed_generator_states(model):
-    # Dropout's random state: a model variable, but one that save_weights leaves out.
-    return [variable for variable in model.non_trainable_variables if "seed_generator" in variable.path]
-
-
-def random_state(model):
-    return [keras.ops.convert_to_numpy(variable).tolist() for variable in _seed_generator_states(model)]
-
-
-def restore_random_state(model, values):
-    for variable, value in zip(_seed_generator_states(model), values, strict=True):
-        variable.assign(np.array(value, dtype=keras.backend.standardize_dtype(variable.dtype)))
-
-
-def _plain(value):
-    """A JSON-friendly copy of a callback counter or a logged metric."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return float(keras.ops.convert_to_numpy(value))
-
-
-def write_history(run_dir, rows):
-    import pandas as pd
-
-    history = pd.DataFrame(rows)
-    history = history[["epoch"] + sorted(column for column in history.columns if column != "epoch")]
-    with replaced_atomically(os.path.join(run_dir, "history.csv")) as temporary:
-        history.to_csv(temporary, index=False)
-
-
 def prepare_data(config):
     """(train, validation, test) Faces for the config's data and protocol."""
     options = config["data"]
@@ -184,7 +86,7 @@ def prepare_data(config):
         if options["synthetic"]:
             print(f"{path} is missing and data.synthetic is set: drawing {options['synthetic']} SYNTHETIC faces "
                   f"(a stand-in for demos, not FER2013)")
-            data.write_csv(path, data.make_synthetic(options["synthetic"], seed=0))
+            data.write_csv(path, synthetic.make_synthetic(options["synthetic"], seed=0))
         else:
             raise UserError(f"no dataset at {path}: download fer2013.csv from {data.FER2013_URL} and put it at "
                             f"{path} (or point data.path at it, e.g. --set data.path=/path/to/fer2013.csv)")
@@ -203,7 +105,7 @@ def plan_run_dir(config, config_path):
     if output["name"]:
         run_dir = os.path.join(output["dir"], output["name"])
         if os.path.exists(run_dir):
-            if os.path.isfile(os.path.join(run_dir, STATE)) and not read_state(run_dir).get("finished"):
+            if os.path.isfile(os.path.join(run_dir, STATE)) and not resume_lib.read_state(run_dir).get("finished"):
                 raise UserError(f"{run_dir} holds an unfinished run: continue it with python train.py --resume "
                                 f"{run_dir}, or choose another output.name")
             raise UserError(f"{run_dir} already exists: choose another output.name")
@@ -234,14 +136,6 @@ def create_run_dir(run_dir):
     return run_dir
 
 
-def read_state(run_dir):
-    try:
-        with open(os.path.join(run_dir, STATE), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{run_dir}: not a resumable run ({STATE}: {getattr(error, 'strerror', None) or error})") from None
-
-
 def make_callbacks(config, run_dir, state=None, shuffle_seed=None):
     options = config["callbacks"]
     reduce_lr, stopping, checkpoint = options["reduce_lr"], options["early_stopping"], options["checkpoint"]
@@ -255,7 +149,7 @@ def make_callbacks(config, run_dir, state=None, shuffle_seed=None):
                                                      mode=monitor_mode(reduce_lr["monitor"]), verbose=1)
     callbacks = [
         schedule,
-        AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=monitor_name(checkpoint["monitor"]),
+        resume_lib.AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=monitor_name(checkpoint["monitor"]),
                               save_best_only=checkpoint["save_best_only"], mode=monitor_mode(checkpoint["monitor"])),
     ]
     if stopping["enabled"]:
@@ -264,7 +158,7 @@ def make_callbacks(config, run_dir, state=None, shuffle_seed=None):
             patience=stopping["patience"], mode=monitor_mode(stopping["monitor"]), verbose=1))
     if config["output"]["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")))
-    callbacks.append(RunState(run_dir, list(callbacks), state, shuffle_seed))  # last: it saves what the others did
+    callbacks.append(resume_lib.RunState(run_dir, list(callbacks), state, shuffle_seed))  # last: it saves what the others did
     return callbacks
 
 
@@ -279,9 +173,7 @@ def cosine_learning_rate(epoch, peak, epochs, warmup_epochs=0):
 
 def plot_curves(history_csv, path):
     """Loss and accuracy per epoch, train vs. validation."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import pandas as pd
 
     history = pd.read_csv(history_csv)
@@ -295,9 +187,7 @@ def plot_curves(history_csv, path):
         ax.grid(alpha=0.3)
         ax.legend()
     figure.tight_layout()
-    with replaced_atomically(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def save_exports(model, run_dir):
@@ -318,7 +208,7 @@ def score(run_dir, model, test):
             if not os.path.exists(candidate):
                 print(f"{name}: not written (the monitored value never improved)")
                 continue
-            candidate = evaluate.load_checkpoint(candidate)
+            candidate = checkpoints.load_checkpoint(candidate)
         metrics, probabilities = evaluate.evaluate_model(candidate, test)
         metrics = {"checkpoint": os.path.join(run_dir, name), **metrics}
         evaluate.write_report(metrics, probabilities, test, run_dir, name)
@@ -368,20 +258,52 @@ def record_environment(run_dir, current, resumed):
     write_text(path, json.dumps(record, indent=2))
 
 
-def copy_weights(source, model, name):
-    """Start from another checkpoint's weights (fine-tuning): the networks must match layer for layer."""
-    ours = [layer for layer in model.layers if layer.weights]
-    theirs = [layer for layer in source.layers if layer.weights]
-    for mine, other in zip(ours, theirs):
-        shapes, other_shapes = [tuple(w.shape) for w in mine.weights], [tuple(w.shape) for w in other.weights]
-        if shapes != other_shapes:
-            raise UserError(f"--init-weights {name}: its layer {other.name} has weights {other_shapes}, the config's "
-                            f"network has {shapes} at {mine.name} (set model.* to the checkpoint's network)")
-    if len(ours) != len(theirs):
-        raise UserError(f"--init-weights {name}: {len(theirs)} layers with weights, the config's network has {len(ours)}")
-    for mine, other in zip(ours, theirs):
-        mine.set_weights(other.get_weights())
-    print(f"initial weights from {name}")
+def compile_model(model, config, fused_batch_norm=True):
+    """The notebook's compile: Adam (or the config's optimizer), categorical cross-entropy, accuracy; and on
+    TensorFlow its fused BatchNormalization kernel unless `fused_batch_norm` is off (backends.py)."""
+    options = config["train"]
+    if options["optimizer"] == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=options["learning_rate"], momentum=0.9, nesterov=True)
+    else:
+        optimizer = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+                     "rmsprop": keras.optimizers.RMSprop}[options["optimizer"]](learning_rate=options["learning_rate"])
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=options["label_smoothing"])
+            if options["label_smoothing"] else "categorical_crossentropy")
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=options["jit_compile"])
+    return backends.fuse_batch_normalization(model) if fused_batch_norm else model
+
+
+def make_model(config, run_dir, state, init_weights):
+    """The compiled network: as the run left it (resume), from another checkpoint (fine-tuning), or fresh."""
+    model = compile_model(build_model(config), config)
+    if state:
+        resume_lib.restore(model, run_dir, state)
+    elif init_weights:
+        checkpoints.copy_weights(checkpoints.load_checkpoint(*init_weights), model, init_weights[0])
+    return model
+
+
+def announce(model, run_dir, precision, why, distribution, state):
+    """The model and what it runs on, on screen and in environment.json."""
+    model.summary()
+    print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
+    print(f"precision {precision} ({why}), XLA {'on' if model.jit_compile else 'off'}, "
+          f"distribution {distribution.describe()}")
+    record_environment(run_dir, {**environment(precision, why, model, distribution),
+                                 "epochs_done_at_start": state["epochs_done"] if state else 0}, resumed=bool(state))
+
+
+def fit(model, config, callbacks, splits, state, shuffle_seed):
+    """model.fit from the first epoch not yet done; one line per epoch where stdout is not a terminal."""
+    options = config["train"]
+    first_epoch = state["epochs_done"] if state else 0
+    if (state and state["training_over"]) or first_epoch >= options["epochs"]:
+        return
+    batches = dict(batch_size=options["batch_size"], multiple=backends.batch_multiple(),
+                   workers=backends.prefetch_workers())
+    model.fit(Batches(splits[0], shuffle=options["shuffle"], seed=shuffle_seed, epoch=first_epoch, **batches),
+              validation_data=Batches(splits[1], **batches), epochs=options["epochs"], initial_epoch=first_epoch,
+              callbacks=callbacks, shuffle=False, verbose="auto" if sys.stdout.isatty() else 2)
 
 
 def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_weights=None):
@@ -390,9 +312,9 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
 
     Raises Interrupted on Ctrl-C / SIGTERM once the last completed epoch is safe on disk.
     """
-    state = read_state(resume_dir) if resume_dir else None
+    state = resume_lib.read_state(resume_dir) if resume_dir else None
     run_dir = resume_dir or plan_run_dir(config, config_path)
-    train_faces, validation, test = prepare_data(config)
+    splits = prepare_data(config)
     options = config["train"]
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
@@ -403,132 +325,50 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     precision, why = backends.choose_precision(options["precision"])
     keras.mixed_precision.set_global_policy(precision)
     distribution = backends.Distribution(backends.choose_distribution(options["distribute"]))
-    multiple = backends.batch_multiple()
-    if options["batch_size"] % multiple:
-        raise UserError(f"train.batch_size {options['batch_size']} cannot be split evenly over {multiple} devices")
+    if options["batch_size"] % backends.batch_multiple():
+        raise UserError(f"train.batch_size {options['batch_size']} cannot be split evenly over "
+                        f"{backends.batch_multiple()} devices")
     if not resume_dir:
         create_run_dir(run_dir)
-    callbacks = []
-    stop_on_signal = StopOnSignal()
+    stop_on_signal, callbacks = resume_lib.StopOnSignal(), []
     try:
         with stop_on_signal:
             with distribution.scope():
-                model = build_model(config)
-                if state:
-                    for leftover in glob.glob(os.path.join(run_dir, "*.writing*")):
-                        os.remove(leftover)
-                    model.optimizer.build(model.trainable_variables)
-                    model.load_weights(os.path.join(run_dir, state["weights"]))
-                    restore_random_state(model, state["random"])
-                    print(f"resuming {run_dir} after epoch {state['epochs_done']}")
-                elif init_weights:
-                    copy_weights(evaluate.load_checkpoint(*init_weights), model, init_weights[0])
+                model = make_model(config, run_dir, state, init_weights)
             write_text(os.path.join(run_dir, "config.yaml"), dump(config))
-            model.summary()
-            print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
-            print(f"precision {precision} ({why}), XLA {'on' if model.jit_compile else 'off'}, "
-                  f"distribution {distribution.describe()}")
-            record_environment(run_dir, {**environment(precision, why, model, distribution),
-                                         "epochs_done_at_start": state["epochs_done"] if state else 0}, resumed=bool(state))
+            announce(model, run_dir, precision, why, distribution, state)
             callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, shuffle_seed)
-            first_epoch = state["epochs_done"] if state else 0
-            if not (state and state["training_over"]) and first_epoch < options["epochs"]:
-                batches = dict(batch_size=options["batch_size"], multiple=multiple,
-                               workers=backends.prefetch_workers())
-                model.fit(Batches(train_faces, shuffle=options["shuffle"], seed=shuffle_seed, epoch=first_epoch,
-                                  **batches),
-                          validation_data=Batches(validation, **batches), epochs=options["epochs"],
-                          initial_epoch=first_epoch, callbacks=callbacks, shuffle=False)
+            fit(model, config, callbacks, splits, state, shuffle_seed)
             save_exports(model, run_dir)
             plot_curves(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
             if evaluate_after:
-                score(run_dir, model, test)
-    except SignalInterrupt as interrupt:
-        epochs_done = _epochs_done(callbacks, state)
-        if epochs_done == 0 and not resume_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir = None
-        where = f"epoch {epochs_done + 1}" if epochs_done < options["epochs"] else "the end, while saving results"
-        raise Interrupted(run_dir, where, interrupt.signal_number) from None
-    except BaseException:
-        epochs_done = _epochs_done(callbacks, state)
-        if epochs_done == 0 and not resume_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        else:
-            print(f"training failed after {epochs_done} complete epoch(s); {run_dir} keeps them: "
-                  f"python train.py --resume {run_dir}", file=sys.stderr)
-        raise
-    final_state = read_state(run_dir) if os.path.exists(os.path.join(run_dir, STATE)) else {}
-    write_text(os.path.join(run_dir, STATE), json.dumps({**final_state, "finished": True}, indent=1))
-    for backup in glob.glob(os.path.join(run_dir, "state-*.weights.h5")):
-        os.remove(backup)  # last.keras now holds the final weights
+                score(run_dir, model, splits[2])
+    except BaseException as stop:
+        raise_stopped(stop, run_dir, resume_dir, resume_lib.epochs_done(callbacks, state), options["epochs"])
+    resume_lib.mark_finished(run_dir)
     print(f"run directory: {run_dir}")
     return run_dir
 
 
-def _epochs_done(callbacks, state):
-    run_state = next((callback for callback in callbacks if isinstance(callback, RunState)), None)
-    if run_state is not None:
-        return run_state.state["epochs_done"]
-    return state["epochs_done"] if state else 0
-
-
-class SignalInterrupt(BaseException):
-    def __init__(self, signal_number):
-        super().__init__(signal_number)
-        self.signal_number = signal_number
-
-
-class StopOnSignal(keras.callbacks.Callback):
-    """Ctrl-C (SIGINT) and SIGTERM as SignalInterrupt, while the block it guards runs.
-
-    During fit the signal is only noted, and raised at the next batch's end: an exception raised straight from
-    a signal handler can land in a finalizer, which swallows it, and training would go on. A second signal,
-    or one outside fit, is raised at once.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.received, self.in_fit, self.previous = None, False, {}
-
-    def __enter__(self):
-        for number in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.previous[number] = signal.signal(number, self._note)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        return False
-
-    def _note(self, number, frame):
-        first, self.received = self.received is None, self.received or number
-        if self.in_fit and first:
-            return
-        raise SignalInterrupt(number)
-
-    def on_train_begin(self, logs=None):
-        self.in_fit = True
-        self._raise_if_received()  # a signal before fit whose exception a finalizer swallowed
-
-    def on_train_end(self, logs=None):
-        self.in_fit = False
-
-    def _raise_if_received(self, *args, **kwargs):
-        if self.received is not None:
-            raise SignalInterrupt(self.received)
-
-    on_train_batch_end = on_test_batch_end = on_epoch_begin = _raise_if_received
+def raise_stopped(stop, run_dir, resume_dir, epochs_done, epochs):
+    """A run stopped by a signal or a failure: a new run with no complete epoch goes; else it stays, to resume."""
+    if epochs_done == 0 and not resume_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir = None
+    if isinstance(stop, resume_lib.SignalInterrupt):
+        where = f"epoch {epochs_done + 1}" if epochs_done < epochs else "the end, while saving results"
+        raise resume_lib.Interrupted(run_dir, where, stop.signal_number) from None
+    if run_dir is not None:
+        print(f"training failed after {epochs_done} complete epoch(s); {run_dir} keeps them: "
+              f"python train.py --resume {run_dir}", file=sys.stderr)
+    raise stop
 
 
 def resume(run_dir, overrides=(), evaluate_after=True):
     """Go on with an interrupted run: its own config.yaml, plus --set train.epochs=N to train longer."""
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir}: no such run directory")
-    state = read_state(run_dir)
+    state = resume_lib.read_state(run_dir)
     if state.get("finished"):
         raise UserError(f"{run_dir} finished all its epochs: there is nothing to resume")
     for item in overrides:

@@ -28,13 +28,13 @@ import time
 import numpy as np
 
 import train
-from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically, write_text
-from config import (DEFAULTS, MONITORS, TYPES, dump, flatten, load_config, monitor_mode, monitor_name,
+from common import UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure, write_text
+from config import (DEFAULTS, MONITORS, TYPES, coerce, dump, flatten, load_config, monitor_mode, monitor_name,
                     read_yaml, set_key, validate)
+from resume import STATE, Interrupted, SignalGuard, SignalInterrupt, read_state
 
 with native_stderr_held():
     import keras_tuner
-    from keras_tuner.src.distribute import utils as distribute_utils
 
 SEARCH_DEFAULTS = {"name": None, "tuner": "random", "objective": "val_accuracy", "direction": None,
                    "max_trials": 10, "epochs": None, "factor": 3, "seed": None, "space": None}
@@ -42,30 +42,20 @@ TUNERS = ("random", "bayesian", "hyperband")
 RUN = "run"  # each trial's run directory, inside KerasTuner's trial_<id> folder
 
 
-class Parameter:
-    """One searched config key: a choice among values, or a numeric range (linear or log)."""
+def _choice_labels(values):
+    """KerasTuner's Choice takes numbers, strings or booleans of one type; other values go by a JSON label."""
+    plain = len({type(v) for v in values}) == 1 and isinstance(values[0], (int, float, str))
+    return values if plain else [json.dumps(v) for v in values]
 
-    def __init__(self, key, values=None, low=None, high=None, step=None, sampling="linear", kind=None):
-        self.key, self.values, self.low, self.high, self.step, self.sampling, self.kind = (
-            key, values, low, high, step, sampling, kind)
-        # KerasTuner's Choice takes numbers, strings or booleans of one type; other values go by a label.
-        plain = values is not None and len({type(v) for v in values}) == 1 and isinstance(values[0], (int, float, str))
-        self.labels = values if values is None or plain else [json.dumps(v) for v in values]
 
-    def declare(self, hp):
-        if self.values is not None:
-            hp.Choice(self.key, self.labels)
-        elif self.kind is int:
-            hp.Int(self.key, self.low, self.high, step=self.step, sampling=self.sampling)
-        else:
-            hp.Float(self.key, self.low, self.high, step=self.step, sampling=self.sampling)
-
-    def value(self, drawn):
-        if self.values is not None and self.labels is not self.values:
-            return self.values[self.labels.index(drawn)]
-        if self.kind is float:
-            return float(f"{drawn:.6g}")  # 0.3, not 0.30000000000000004 from a step
-        return drawn
+def config_value(search, key, drawn):
+    """The config value that a value KerasTuner drew for `key` stands for."""
+    values = search["choices"].get(key)
+    if values is not None:
+        return values[_choice_labels(values).index(drawn)]
+    if isinstance(drawn, float):
+        return float(f"{drawn:.6g}")  # 0.3, not 0.30000000000000004 from a step
+    return drawn
 
 
 def load_search(path, base_config, **overrides):
@@ -101,11 +91,15 @@ def load_search(path, base_config, **overrides):
     if not isinstance(search["space"], dict) or not search["space"]:
         raise UserError(f"{path}: 'space' must map config keys to ranges or choices, e.g. "
                         "train.learning_rate: {min: 1.0e-4, max: 1.0e-2, sampling: log}")
-    search["parameters"] = [parse_parameter(path, key, entry, base_config) for key, entry in search["space"].items()]
+    search["hyperparameters"], search["choices"] = keras_tuner.HyperParameters(), {}
+    for key, entry in search["space"].items():
+        parse_parameter(path, key, entry, base_config, search)
+    search["keys"] = list(search["space"])
     return search
 
 
-def parse_parameter(path, key, entry, base_config):
+def parse_parameter(path, key, entry, base_config, search):
+    """Check one entry of the search space and declare it in search["hyperparameters"]."""
     where = f"{path}: space '{key}'"
     defaults = flatten(DEFAULTS)
     if key not in defaults:
@@ -129,7 +123,8 @@ def parse_parameter(path, key, entry, base_config):
             raise UserError(f"{where}: empty choice: give at least one value")
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise UserError(f"{where}: a value is listed twice")
-        parameter = Parameter(key, values=values)
+        search["hyperparameters"].Choice(key, _choice_labels(values))
+        search["choices"][key] = values
         candidates = values
     else:
         if not (int in kinds or float in kinds) or bool in kinds:
@@ -152,7 +147,8 @@ def parse_parameter(path, key, entry, base_config):
                 raise UserError(f"{where}: step must be > 0, got {step!r}")
         elif kind is int:
             step = 1
-        parameter = Parameter(key, low=low, high=high, step=step, sampling=sampling, kind=kind)
+        declare = search["hyperparameters"].Int if kind is int else search["hyperparameters"].Float
+        declare(key, low, high, step=step, sampling=sampling)
         candidates = [low, high]
     for value in candidates:
         trial = copy.deepcopy(base_config)
@@ -161,15 +157,10 @@ def parse_parameter(path, key, entry, base_config):
             validate(trial)
         except UserError as error:
             raise UserError(f"{where}: {error}".replace(f"config: '{key}' ", "")) from None
-    return parameter
 
 
 def _number(where, name, value, kind):
-    if isinstance(value, str):
-        try:
-            value = float(value)  # PyYAML reads 1e-4 (no dot) as a string
-        except ValueError:
-            pass
+    value = coerce(value, (float,))
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UserError(f"{where}: {name} must be a number, got {value!r}")
     if kind is int:
@@ -180,9 +171,7 @@ def _number(where, name, value, kind):
 
 
 def make_oracle(search):
-    hp = keras_tuner.HyperParameters()
-    for parameter in search["parameters"]:
-        parameter.declare(hp)
+    hp = keras_tuner.HyperParameters.from_config(search["hyperparameters"].get_config())
     objective = keras_tuner.Objective(search["objective"], search["direction"])
     common = dict(objective=objective, hyperparameters=hp, allow_new_entries=False, tune_new_entries=False,
                   seed=search["seed"])
@@ -205,8 +194,8 @@ class SearchStopped(keras_tuner.errors.FatalError):
 def trial_config(base_config, search, values, trial_dir):
     """The base config with this trial's values, its epochs, and its run directory."""
     config = copy.deepcopy(base_config)
-    for parameter in search["parameters"]:
-        set_key(config, parameter.key, copy.deepcopy(parameter.value(values[parameter.key])), source="search")
+    for key in search["keys"]:
+        set_key(config, key, copy.deepcopy(config_value(search, key, values[key])), source="search")
     config["train"]["epochs"] = values.get("tuner/epochs", search["epochs"]) - values.get("tuner/initial_epoch", 0)
     config["output"]["dir"], config["output"]["name"] = trial_dir, RUN
     return validate(config)
@@ -254,7 +243,7 @@ class TrainingTuner(keras_tuner.Tuner):
                 train.train(config, evaluate_after=False, init_weights=init)
             elif not state.get("finished"):
                 train.resume(run_dir, evaluate_after=False)
-        except (train.Interrupted, UserError) as stop:
+        except (Interrupted, UserError) as stop:
             raise SearchStopped(stop) from None
         finally:
             seconds += time.monotonic() - started
@@ -267,12 +256,12 @@ class TrainingTuner(keras_tuner.Tuner):
         """The state of this trial's run from before an interruption, if it can go on; else None (and no run)."""
         if not os.path.isdir(run_dir):
             return None
-        state_file = os.path.join(run_dir, train.STATE)
+        state_file = os.path.join(run_dir, STATE)
         if os.path.isfile(state_file):
             earlier = read_yaml(os.path.join(run_dir, "config.yaml"))
             if earlier == json.loads(json.dumps(config)):
                 print(f"trial run {run_dir}: going on from its last complete epoch")
-                return train.read_state(run_dir)
+                return read_state(run_dir)
         shutil.rmtree(run_dir)  # killed before its first epoch, or a different trial's: start afresh
         return None
 
@@ -326,12 +315,11 @@ def write_results(tuner, search, base_config, search_dir):
     import pandas as pd
 
     rows = []
-    parameters = search["parameters"]
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
         row = {"trial": trial.trial_id, "status": trial.status}
-        for parameter in parameters:
-            drawn = trial.hyperparameters.values.get(parameter.key)
-            row[parameter.key] = None if drawn is None else parameter.value(drawn)
+        for key in search["keys"]:
+            drawn = trial.hyperparameters.values.get(key)
+            row[key] = None if drawn is None else config_value(search, key, drawn)
         for name in (search["objective"], "epochs", "seconds"):
             value = trial.metrics.get_best_value(name) if trial.metrics.exists(name) else None
             row[name] = value
@@ -345,8 +333,8 @@ def write_results(tuner, search, base_config, search_dir):
         raise UserError(f"{search_dir}: no trial completed, so there is no best config (see trials.csv)")
     best = (max if search["direction"] == "max" else min)(done, key=lambda row: row[search["objective"]])
     config = copy.deepcopy(base_config)
-    for parameter in parameters:
-        set_key(config, parameter.key, copy.deepcopy(best[parameter.key]), source="search")
+    for key in search["keys"]:
+        set_key(config, key, copy.deepcopy(best[key]), source="search")
     config["train"]["epochs"] = search["epochs"]
     config["output"]["name"] = None
     header = (f"# tune.py search '{search['name']}' ({search['tuner']}): the best of {len(done)} completed trials is "
@@ -354,7 +342,7 @@ def write_results(tuner, search, base_config, search_dir):
               f"# its run: {os.path.join(search_dir, best['run'])}\n"
               f"# rerun it in full: python train.py --config {os.path.join(search_dir, 'best.yaml')}\n")
     write_text(os.path.join(search_dir, "best.yaml"), header + dump(validate(config)))
-    plot_search(pd.DataFrame(done), parameters, search, os.path.join(search_dir, "search.png"))
+    plot_search(pd.DataFrame(done), search, os.path.join(search_dir, "search.png"))
     return best
 
 
@@ -378,52 +366,49 @@ def _label(value):
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def plot_search(done, parameters, search, path, most=4):
+def plot_search(done, search, path, most=4):
     """The objective against each of the (up to `most`) hyper-parameters that matter most."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     objective = done[search["objective"]].astype(float)
     decoded = {}
-    for parameter in parameters:
-        numeric = parameter.values is None or all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                  for v in parameter.values)
-        decoded[parameter] = done[parameter.key].astype(float) if numeric else done[parameter.key].map(_label)
-    ranked = sorted(parameters, key=lambda p: importance(decoded[p], objective), reverse=True)[:most]
+    for key in search["keys"]:
+        choices = search["choices"].get(key)
+        numeric = choices is None or all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in choices)
+        decoded[key] = done[key].astype(float) if numeric else done[key].map(_label)
+    ranked = sorted(search["keys"], key=lambda key: importance(decoded[key], objective), reverse=True)[:most]
+    sampling = {p.name: p.get_config().get("sampling") for p in search["hyperparameters"].space}
     figure, axes = plt.subplots(1, len(ranked), figsize=(4.2 * len(ranked), 3.8), squeeze=False)
-    for ax, parameter in zip(axes[0], ranked):
-        values = decoded[parameter]
+    for ax, key in zip(axes[0], ranked):
+        values = decoded[key]
         if values.dtype == object:
-            labels = [_label(v) for v in parameter.values]
+            labels = [_label(v) for v in search["choices"][key]]
             ax.scatter([labels.index(v) for v in values], objective)
             ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
         else:
             ax.scatter(values, objective)
-            if parameter.sampling == "log":
+            if sampling[key] == "log":
                 ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(parameter.key)
+                ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_xlabel(key)
         ax.set_title(f"importance {importance(values, objective):.2f}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{search['objective']} (best epoch)")
     figure.suptitle(f"search '{search['name']}': {len(done)} trials", fontsize=11)
     figure.tight_layout()
-    with replaced_atomically(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def tune(base_config, search):
     """Run (or resume) the search; returns the search directory, or None on a worker."""
     search_dir = os.path.join(base_config["output"]["dir"], search["name"])
-    worker = distribute_utils.has_chief_oracle() and not distribute_utils.is_chief_oracle()
+    # KerasTuner's distributed mode, as its documented variables set it: every tuner but the chief is a worker.
+    worker = "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", "")
     if not worker:
         if check_same_search(search_dir, base_config, search):
             print(f"resuming the search in {search_dir}")
     budget = ("hyperband brackets" if search["tuner"] == "hyperband" else f"{search['max_trials']} trials")
     print(f"search '{search['name']}': {search['tuner']}, {budget} of up to {search['epochs']} epochs, "
-          f"{search['direction']} {search['objective']} over {', '.join(p.key for p in search['parameters'])}")
+          f"{search['direction']} {search['objective']} over {', '.join(search['keys'])}")
     tuner = TrainingTuner(base_config, search)
     if not worker:
         finished = sum(trial.status == "COMPLETED" for trial in tuner.oracle.trials.values())
@@ -439,36 +424,27 @@ def tune(base_config, search):
     return search_dir
 
 
-class StopBetweenTrials:
+class StopBetweenTrials(SignalGuard):
     """Ctrl-C and SIGTERM outside training stop the search at the next trial boundary (inside a trial,
     train.py's own handler stops at the end of a batch). An exception raised straight from a signal handler
     can land in a finalizer, which swallows it; a second signal is raised at once all the same."""
 
+    keep_ignored = True  # a shell's background job ignores Ctrl-C
     received = None
 
     def __enter__(self):
         StopBetweenTrials.received = None
-        self.previous = {}
-        for number in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(number) is not signal.SIG_IGN:  # a shell's background job ignores Ctrl-C
-                self.previous[number] = signal.signal(number, self._note)
-        return self
+        return super().__enter__()
 
-    def __exit__(self, *exc):
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        return False
-
-    @classmethod
-    def _note(cls, number, frame):
-        if cls.received is not None:
-            raise train.SignalInterrupt(number)
-        cls.received = number
+    def note(self, number):
+        if StopBetweenTrials.received is not None:
+            raise SignalInterrupt(number)
+        StopBetweenTrials.received = number
 
     @classmethod
     def check(cls):
         if cls.received is not None:
-            raise SearchStopped(train.SignalInterrupt(cls.received))
+            raise SearchStopped(SignalInterrupt(cls.received))
 
 
 @exit_on_user_error
@@ -487,7 +463,7 @@ def main(argv=None):
         with StopBetweenTrials():
             tune(base_config, search)
         return 0
-    except (SearchStopped, train.SignalInterrupt, KeyboardInterrupt) as stop:
+    except (SearchStopped, SignalInterrupt, KeyboardInterrupt) as stop:
         cause = getattr(stop, "cause", stop)
         if isinstance(cause, UserError):
             raise cause from None

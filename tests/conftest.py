@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import data
+import synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +61,7 @@ def private_cache(tmp_path_factory):
 def synthetic_csv(tmp_path_factory):
     """2,000 synthetic faces (1,600 Training, 200 PublicTest, 200 PrivateTest)."""
     path = tmp_path_factory.mktemp("synthetic") / "synthetic.csv"
-    data.write_csv(path, data.make_synthetic(2000, seed=1))
+    data.write_csv(path, synthetic.make_synthetic(2000, seed=1))
     return path
 
 
@@ -90,6 +91,7 @@ def trained_run(tmp_path_factory, synthetic_csv):
     """One short run of the demo's network through the command line, shared by the tests of its outputs."""
     out = tmp_path_factory.mktemp("runs")
     result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
-                        "--set", "train.epochs=6", "--set", f"output.dir={out}", "--set", "output.name=demo")
+                        "--set", "train.epochs=6", "--set", "train.precision=float32", "--set", f"output.dir={out}",
+                        "--set", "output.name=demo")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out / "demo", result

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 import data
+import download
 from conftest import ROOT, assert_user_error, run_script
 
 NOTEBOOK = ROOT / "colab.ipynb"
@@ -51,7 +52,26 @@ def test_notebook_runs_in_local_mode(tmp_path, monkeypatch):
     assert f"PrivateTest accuracy {metrics['accuracy']:.4f} on 60 images" in outputs
     images = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
               if "image/png" in output.get("data", {})]
-    assert len(images) >= 2  # curves and confusion matrix shown inline
+    assert len(images) >= 3  # curves, confusion matrix and the annotated photo shown inline
+    # The predict cell ran predict.py on the photo: one record per face found, and the annotated copy.
+    records = [json.loads(line) for line in (run_dir / "predictions" / "predictions.jsonl").read_text().splitlines()]
+    assert records and all(record["source"].endswith("astronaut.png") for record in records)
+    assert all(record["emotion"] in data.EMOTIONS for record in records)
+    assert (run_dir / "predictions" / "astronaut.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failing_script_stops_the_notebook(tmp_path, capsys):
+    """The notebook's script() helper raises on a non-zero exit status, so Run all stops at that cell."""
+    import pytest
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    [cell] = [cell for cell in notebook.cells if "def script(" in cell.source]
+    namespace = {}
+    exec(cell.source[cell.source.index("def script("):cell.source.index("\n\n\n", cell.source.index("def script("))],
+         {"subprocess": __import__("subprocess"), "sys": __import__("sys")}, namespace)
+    with pytest.raises(RuntimeError, match="train.py --config .*missing.yaml failed with exit status 2"):
+        namespace["script"](ROOT / "train.py", "--config", tmp_path / "missing.yaml")
+    assert "config file" in capsys.readouterr().out  # the script's one-line error, shown in the cell
 
 
 def _kaggle_env(tmp_path):
@@ -64,10 +84,10 @@ def _kaggle_env(tmp_path):
 
 def test_download_takes_the_competition_csv_from_the_kagglehub_cache(tmp_path, synthetic_csv):
     cache, env = _kaggle_env(tmp_path)
-    competition = cache / "competitions" / data.COMPETITION
+    competition = cache / "competitions" / download.COMPETITION
     competition.mkdir(parents=True)
     (competition / "fer2013.csv").write_bytes(synthetic_csv.read_bytes())
-    (cache / "competitions" / f"{data.COMPETITION}.complete").write_text("")
+    (cache / "competitions" / f"{download.COMPETITION}.complete").write_text("")
     result = run_script("data.py", "--download", "--dest", tmp_path / "data", "--source", "competition", env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "fer2013.csv").read_bytes() == synthetic_csv.read_bytes()

@@ -21,7 +21,7 @@ def test_the_notebooks_values():
                                "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0},
                                "shuffle": True, "seed": None, "precision": "auto", "jit_compile": "auto",
                                "distribute": "auto"}
-    assert config["data"]["protocol"] == "seed" and config["data"]["validation_split"] == 0.2
+    assert config["data"]["protocol"] == "notebook" and config["data"]["validation_split"] == 0.2
     assert config["model"]["l2"] == 0.01 and config["model"]["dropout"] == 0.5
     assert config["callbacks"]["reduce_lr"] == {"monitor": "val_loss", "factor": 0.9, "patience": 3}
     assert config["callbacks"]["early_stopping"] == {"enabled": False, "monitor": "val_acc", "min_delta": 0.0,
@@ -67,7 +67,7 @@ BAD_CONFIGS = {
     "zero learning rate": ("", ["train.learning_rate=0"], "'train.learning_rate' must be > 0"),
     "validation_split 1": ("", ["data.validation_split=1"], "'data.validation_split' must be between 0 and 1"),
     "validation_split 0": ("", ["data.validation_split=0"], "'data.validation_split' must be between 0 and 1"),
-    "unknown protocol": ("", ["data.protocol=random"], "'data.protocol' must be one of seed, standard"),
+    "unknown protocol": ("", ["data.protocol=random"], "'data.protocol' must be one of notebook, standard"),
     "unknown precision": ("", ["train.precision=float16"], "'train.precision' must be one of auto, float32"),
     "unknown distribute": ("", ["train.distribute=tpu"], "'train.distribute' must be one of auto, none, mirrored"),
     "bad jit_compile": ("", ["train.jit_compile=sometimes"], "'train.jit_compile' must be auto, true or false"),
@@ -115,3 +115,11 @@ def test_bad_config_on_the_command_line_is_one_line_and_exit_2(tmp_path, capsys)
         train.main(["--config", str(tmp_path / "missing.yaml")])
     assert exited.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: config file {tmp_path / 'missing.yaml'} not found"
+
+
+def test_the_old_name_of_the_notebook_protocol_still_works(tmp_path):
+    """Configs written before data.protocol "seed" became "notebook" (an unfinished run's, say) still load."""
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  protocol: seed\n")
+    assert load_config(old)["data"]["protocol"] == "notebook"
+    assert load_config(None, ["data.protocol=seed"])["data"]["protocol"] == "notebook"

@@ -6,6 +6,7 @@ from PIL import Image
 
 import data
 from common import UserError
+import synthetic
 from conftest import assert_user_error, make_rows, pixel_text, run_script, write_rows
 
 USAGE_ORDER = ["Training", "PrivateTest", "Training", "PublicTest", "PrivateTest", "Training", "PublicTest"]
@@ -130,7 +131,7 @@ def test_a_bad_row_deep_in_a_file_is_reported_at_its_own_line(tmp_path):
 def test_seed_protocol_holds_out_the_last_rows_exactly_as_keras_validation_split(tmp_path):
     usages = ["Training"] * 23 + ["PublicTest"] * 6 + ["PrivateTest"] * 4
     faces = data.read_faces(write_rows(tmp_path / "f.csv", make_rows(usages)))
-    train, validation, test = data.split(faces, "seed", 0.2)
+    train, validation, test = data.split(faces, "notebook", 0.2)
     rest = faces.select(faces.usage != data.PRIVATE_TEST)
     from keras.src.trainers.data_adapters.array_slicing import train_validation_split
 
@@ -153,12 +154,12 @@ def test_standard_protocol_uses_the_usage_column(tmp_path):
 def test_protocol_errors_name_what_is_missing(tmp_path):
     no_test = data.read_faces(write_rows(tmp_path / "a.csv", make_rows(["Training", "PublicTest"])))
     with pytest.raises(UserError, match="no PrivateTest rows"):
-        data.split(no_test, "seed")
+        data.split(no_test, "notebook")
     no_public = data.read_faces(write_rows(tmp_path / "b.csv", make_rows(["Training", "PrivateTest"])))
     with pytest.raises(UserError, match="no PublicTest rows"):
         data.split(no_public, "standard")
     with pytest.raises(UserError, match="too few for validation_split"):
-        data.split(no_public, "seed", 0.2)  # one training row cannot be split
+        data.split(no_public, "notebook", 0.2)  # one training row cannot be split
 
 
 def test_limit_keeps_the_first_rows_of_each_usage(tmp_path):
@@ -222,12 +223,12 @@ def test_synthetic_csv_from_the_command_line(tmp_path):
     result = run_script("data.py", "--synthetic", out, "--rows", 70, "--seed", 4)
     assert result.returncode == 0 and "SYNTHETIC" in result.stdout
     faces = data.read_faces(out)
-    again = data.make_synthetic(70, seed=4)
+    again = synthetic.make_synthetic(70, seed=4)
     np.testing.assert_array_equal(faces.images, again.images)  # the CSV round-trips, and the seed repeats
     assert faces.labels.tolist() == again.labels.tolist()
     assert np.bincount(faces.usage).tolist() == [56, 7, 7]
     assert set(faces.labels.tolist()) == set(range(7))
-    assert not np.array_equal(data.make_synthetic(70, seed=5).images, faces.images)
+    assert not np.array_equal(synthetic.make_synthetic(70, seed=5).images, faces.images)
 
 
 def test_counts_from_the_command_line(tmp_path):

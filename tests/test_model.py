@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+import train
 from config import DEFAULTS
 from model import build_model
 
@@ -60,7 +61,8 @@ def test_batch_norm_momentum_is_the_notebooks_unless_configured():
 
 
 def test_compiled_as_the_notebook():
-    model = build_model()
+    assert not build_model().compiled  # model.py builds; train.py compiles
+    model = train.compile_model(build_model(), DEFAULTS)
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     assert np.isclose(float(model.optimizer.learning_rate), 0.001)
     assert model.loss == "categorical_crossentropy"
@@ -73,7 +75,7 @@ def test_widths_and_rates_come_from_the_config():
     config = copy.deepcopy(DEFAULTS)
     config["model"].update(filters=[8, 16], dense=[32], dropout=0.25, l2=0.001)
     config["train"]["learning_rate"] = 0.01
-    model = build_model(config)
+    model = train.compile_model(build_model(config), config)
     described = [_describe(layer) for layer in model.layers]
     assert described[0] == ("Conv2D", 8, "valid", 0.001)
     assert ("Conv2D", 16, "same", None) in described and ("Dense", 32, "relu") in described
@@ -109,7 +111,7 @@ def test_fused_batch_normalization_computes_what_keras_does(policy, tolerance):
     """Outputs, moving statistics and gradients of the fused layers match Keras's own BatchNormalization."""
     import tensorflow as tf
 
-    from model import fuse_batch_normalization
+    from backends import fuse_batch_normalization
 
     rng = np.random.default_rng(0)
     faces, labels = rng.normal(2, 3, (16, 5, 5, 3)).astype("float32"), np.eye(7)[rng.integers(0, 7, 16)]
@@ -139,7 +141,8 @@ def test_fused_batch_normalization_computes_what_keras_does(policy, tolerance):
 
 
 def test_fused_batch_normalization_leaves_checkpoints_keras_own(tmp_path):
-    model = build_model(_tiny_config())
+    config = _tiny_config()
+    model = train.compile_model(build_model(config), config)
     assert keras.backend.backend() != "tensorflow" or any(
         "call" in vars(layer) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
     model.save(tmp_path / "m.keras")
@@ -152,7 +155,7 @@ def test_fused_batch_normalization_leaves_checkpoints_keras_own(tmp_path):
 
 
 def test_a_frozen_fused_batch_normalization_stays_in_inference_mode():
-    from model import fuse_batch_normalization
+    from backends import fuse_batch_normalization
 
     faces = np.random.default_rng(2).normal(1, 2, (6, 5, 5, 3)).astype("float32")
     frozen, learning, keras_own = _small_bn_model(), _small_bn_model(), _small_bn_model()

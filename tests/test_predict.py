@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import checkpoints
 import data
 import evaluate
 import predict
@@ -80,7 +81,7 @@ def test_the_crop_fed_to_the_model_is_cv2_resize_of_the_box(trained_run):
     np.testing.assert_array_equal(predict.crop_face(gray, (100, 70, 20, 20), margin=0.5),
                                   cv2.resize(gray[60:90, 90:120], (48, 48), interpolation=cv2.INTER_AREA))
     # And the predictor scores exactly that crop: its probabilities are the model's on cv2.resize of the box.
-    model = evaluate.load_checkpoint(str(run_dir / "best.keras"))
+    model = checkpoints.load_checkpoint(str(run_dir / "best.keras"))
 
     class OneBox:
         def __call__(self, image):
@@ -104,7 +105,7 @@ def test_already_cropped_48x48_faces_without_detection(trained_run, tmp_path, sy
     records = _records(out)
     assert [r["source"] for r in records] == [str(folder / f"face{i}.png") for i in range(5)]
     assert all(r["box"] == [0, 0, 48, 48] for r in records)
-    model = evaluate.load_checkpoint(str(run_dir / "best.keras"))
+    model = checkpoints.load_checkpoint(str(run_dir / "best.keras"))
     expected = evaluate.predict_probabilities(model, faces.images)
     got = np.array([[r["probabilities"][name] for name in data.EMOTIONS] for r in records])
     np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
+import checkpoints
 import data
 import evaluate
 import train
@@ -29,6 +30,14 @@ def test_training_writes_the_whole_run_directory(trained_run):
     assert f"run directory: {run_dir}" in result.stdout
 
 
+def test_a_log_file_gets_one_progress_line_per_epoch(trained_run):
+    """stdout is a pipe here, as in a log file: Keras's per-step bar would write a line per batch."""
+    _, result = trained_run
+    progress = [line for line in result.stdout.splitlines() if " - loss: " in line or "val_loss" in line]
+    assert len(progress) == 6, progress  # train.epochs=6
+    assert len([line for line in result.stdout.replace("\r", "\n").splitlines() if "step" in line]) == 6
+
+
 def test_training_learns_the_synthetic_faces(trained_run):
     run_dir, result = trained_run
     final = json.loads((run_dir / "metrics-last.json").read_text())
@@ -45,8 +54,8 @@ def test_best_keras_holds_the_epoch_with_the_lowest_val_loss(trained_run, synthe
     run_dir, _ = trained_run
     history = pd.read_csv(run_dir / "history.csv")
     best_epoch = int(history["val_loss"].idxmin())
-    _, validation, _ = data.split(data.read_faces(synthetic_csv), "seed", 0.2)
-    model = evaluate.load_checkpoint(str(run_dir / "best.keras"))
+    _, validation, _ = data.split(data.read_faces(synthetic_csv), "notebook", 0.2)
+    model = checkpoints.load_checkpoint(str(run_dir / "best.keras"))
     model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
     loss, _ = model.evaluate(data.to_float(validation.images), data.one_hot(validation.labels), verbose=0)
     # The checkpoint's loss includes the L2 penalty, as the history does; float32 sums differ slightly.
@@ -142,7 +151,7 @@ def test_results_keep_the_run_and_every_metric_recomputes(trained_run, synthetic
     # FER2013's labels stay out of results/: the predictions carry no true label, and recompute with the data's.
     predictions = pd.read_csv(out / "predictions-last.csv")
     assert "true" not in predictions.columns and len(predictions) == 200
-    _, _, test = data.split(data.read_faces(synthetic_csv), "seed", 0.2)
+    _, _, test = data.split(data.read_faces(synthetic_csv), "notebook", 0.2)
     final = json.loads((out / "metrics-last.json").read_text())
     assert np.mean(predictions["predicted"] == test.labels) == final["accuracy"]
     checked = run_script("results.py", out, "--check", synthetic_csv)

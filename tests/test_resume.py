@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import evaluate
+import checkpoints
 import train
 from common import UserError
 from config import load_config
 from conftest import ROOT, assert_user_error, run_script
 
-SHORT = ["--config", "configs/demo.yaml", "--set", "data.limit=300", "--set", "train.epochs=3", "--no-evaluate"]
+SHORT = ["--config", "configs/demo.yaml", "--set", "data.limit=300", "--set", "train.epochs=3",
+         "--set", "train.precision=float32", "--no-evaluate"]
 
 
 def start(*args):
@@ -194,7 +195,7 @@ def test_bad_checkpoints_get_one_line(tmp_path, trained_run):
     }
     for name, fragment in cases.items():
         with pytest.raises(UserError) as caught:
-            evaluate.load_checkpoint(str(tmp_path / name))
+            checkpoints.load_checkpoint(str(tmp_path / name))
         assert name in str(caught.value) and fragment in str(caught.value), (name, str(caught.value))
     before = sorted(tmp_path.rglob("*"))
     assert_user_error(run_script("evaluate.py", "--checkpoint", tmp_path / "truncated.keras"),

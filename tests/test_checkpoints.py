@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-import evaluate
+import checkpoints
 import model as model_lib
 from common import UserError
 from config import DEFAULTS
@@ -85,25 +85,25 @@ def _same_predictions(a, b):
 
 
 def test_the_published_model_json_builds_the_network_it_describes(published_json, capsys):
-    network = model_lib.from_keras2_json(published_json)
+    network = checkpoints.from_keras2_json(published_json)
     assert network.count_params() == 8_356_679
     assert [layer.name for layer in network.layers] == keras2_layer_names(published_json)
     first = network.layers[0]
     assert first.padding == "valid" and abs(float(first.kernel_regularizer.l2) - 0.01) < 1e-9
     assert [layer.units for layer in network.layers if hasattr(layer, "units")] == [256, 128, 48, 7]
-    assert model_lib.compare_with_model_py(network) == (
+    assert checkpoints.compare_with_model_py(network) == (
         "model.py's layer stack with model.dense=[256, 128, 48] (model.py: [512, 256, 128, 64]): "
         "8,356,679 parameters")
 
 
 def test_model_json_plus_keras2_weights_round_trip_value_for_value(notebook_files, published_network, capsys):
-    loaded = evaluate.load_checkpoint(str(notebook_files / "model.json"), str(notebook_files / "model.h5"))
+    loaded = checkpoints.load_checkpoint(str(notebook_files / "model.json"), str(notebook_files / "model.h5"))
     assert "model.dense=[256, 128, 48]" in capsys.readouterr().out
     for a, b in zip(loaded.get_weights(), published_network.get_weights()):
         np.testing.assert_array_equal(a, b)
     _same_predictions(loaded, published_network)
     # Without --weights, the .h5 beside the JSON is found.
-    _same_predictions(evaluate.load_checkpoint(str(notebook_files / "model.json")), published_network)
+    _same_predictions(checkpoints.load_checkpoint(str(notebook_files / "model.json")), published_network)
 
 
 def test_a_keras2_whole_model_file_with_any_extension(tmp_path, published_json, published_network):
@@ -112,7 +112,7 @@ def test_a_keras2_whole_model_file_with_any_extension(tmp_path, published_json, 
             f.attrs["model_config"] = published_json.encode()
             f.attrs["keras_version"], f.attrs["backend"] = b"2.1.6", b"tensorflow"
             write_keras2_weights(f.create_group("model_weights"), published_json, published_network)
-        _same_predictions(evaluate.load_checkpoint(str(tmp_path / name)), published_network)
+        _same_predictions(checkpoints.load_checkpoint(str(tmp_path / name)), published_network)
 
 
 def test_evaluate_and_convert_from_the_command_line(notebook_files, published_network, synthetic_csv, tmp_path):
@@ -123,7 +123,7 @@ def test_evaluate_and_convert_from_the_command_line(notebook_files, published_ne
     metrics = json.loads((tmp_path / "eval" / "metrics-model.json").read_text())
     assert metrics["n"] == 200
     out = tmp_path / "converted.keras"
-    assert model_lib.main(["--convert", str(notebook_files / "model.json"), str(notebook_files / "model.h5"),
+    assert checkpoints.main(["--convert", str(notebook_files / "model.json"), str(notebook_files / "model.h5"),
                            str(out)]) == 0
     import keras
 
@@ -171,7 +171,7 @@ def test_bad_notebook_files_get_one_line(notebook_files, published_json, publish
              ((str(notebook_files / "model.h5"), None), "holds weights only: give the model.json as --checkpoint")]
     for (checkpoint, weights), fragment in cases:
         with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
-            evaluate.load_checkpoint(checkpoint, weights)
+            checkpoints.load_checkpoint(checkpoint, weights)
     # A mismatch found after the model is built (TensorFlow started) is still one line, from both scripts.
     assert_user_error(run_script("evaluate.py", "--checkpoint", json_path, "--weights", tmp_path / "shape.h5"),
                       "shape.h5", "layer dense_2 has weights of shapes")

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import checkpoints
 import data
 import evaluate
 import model as model_lib
@@ -46,7 +47,7 @@ def test_augmentation_acts_in_training_and_changes_nothing_at_inference():
     untouched = [np.array_equal(changed[i], x[i]) for i in range(len(x))]
     assert all(m or u for m, u in zip(mirrored, untouched)) and any(mirrored)
     # model.py still recognises its own network under the augmentation
-    assert model_lib.compare_with_model_py(augmented).startswith("model.py's layer stack with model.filters=[4, 8]")
+    assert checkpoints.compare_with_model_py(augmented).startswith("model.py's layer stack with model.filters=[4, 8]")
 
 
 def test_cosine_schedule_warms_up_then_decays():
@@ -71,7 +72,8 @@ def test_a_cosine_run_logs_the_rates_it_used(tmp_path, synthetic_csv):
 def test_label_smoothing_is_in_the_loss():
     import keras
 
-    network = model_lib.build_model(small_config(label_smoothing=0.1))
+    config = small_config(label_smoothing=0.1)
+    network = train.compile_model(model_lib.build_model(config), config)
     truth = np.eye(7, dtype=np.float32)[[0, 3]]
     predicted = np.full((2, 7), 0.05, np.float32)
     predicted[[0, 1], [0, 3]] = 0.7

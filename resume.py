@@ -1,0 +1,213 @@
+"""Exact resume: what a run directory keeps after every epoch, how training stops on Ctrl-C or SIGTERM, and how
+a run goes on from where it stopped with the same weights, optimizer, dropout draws, shuffling and callbacks.
+
+Every file is written to a temporary name and renamed, so a kill at any instant leaves the previous good file.
+"""
+import glob
+import json
+import os
+import signal
+import time
+
+import numpy as np
+
+from common import UserError, native_stderr_held, replaced_atomically, write_text
+
+with native_stderr_held():
+    import keras
+
+STATE = "state.json"
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C or SIGTERM; the run directory holds what --resume needs."""
+
+    def __init__(self, run_dir, where, signal_number):
+        super().__init__(run_dir, where, signal_number)
+        self.run_dir, self.where, self.exit_status = run_dir, where, 128 + signal_number
+
+
+class SignalInterrupt(BaseException):
+    def __init__(self, signal_number):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+class SignalGuard:
+    """Ctrl-C (SIGINT) and SIGTERM go to `self.note(number)` while the block runs; the handlers from before
+    come back after it. With `keep_ignored`, a signal the shell told this process to ignore (a background job's
+    Ctrl-C) stays ignored. Threads other than the main one leave signals alone."""
+
+    keep_ignored = False
+
+    def __enter__(self):
+        self.previous = {}
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                if not (self.keep_ignored and signal.getsignal(number) is signal.SIG_IGN):
+                    self.previous[number] = signal.signal(number, lambda number, frame: self.note(number))
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        return False
+
+    def note(self, number):
+        raise SignalInterrupt(number)
+
+
+class StopOnSignal(SignalGuard, keras.callbacks.Callback):
+    """Ctrl-C and SIGTERM as SignalInterrupt, while the block it guards runs.
+
+    During fit the signal is only noted, and raised at the next batch's end: an exception raised straight from
+    a signal handler can land in a finalizer, which swallows it, and training would go on. A second signal,
+    or one outside fit, is raised at once.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.received, self.in_fit = None, False
+
+    def note(self, number):
+        first, self.received = self.received is None, self.received or number
+        if self.in_fit and first:
+            return
+        raise SignalInterrupt(number)
+
+    def on_train_begin(self, logs=None):
+        self.in_fit = True
+        self._raise_if_received()  # a signal before fit whose exception a finalizer swallowed
+
+    def on_train_end(self, logs=None):
+        self.in_fit = False
+
+    def _raise_if_received(self, *args, **kwargs):
+        if self.received is not None:
+            raise SignalInterrupt(self.received)
+
+    on_train_batch_end = on_test_batch_end = on_epoch_begin = _raise_if_received
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras's ModelCheckpoint, writing to a temporary name that is renamed over the checkpoint once whole."""
+
+    def __init__(self, filepath, **kwargs):
+        self.final_path = filepath
+        folder, name = os.path.split(filepath)
+        super().__init__(os.path.join(folder, f"{name.partition('.')[0]}.writing.keras"), **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if os.path.exists(self.filepath):
+            os.replace(self.filepath, self.final_path)
+
+
+# What each callback must carry over a resume, beyond the model's and optimizer's variables.
+CALLBACK_STATE = {
+    keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+    keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
+    keras.callbacks.ModelCheckpoint: ("best",),
+}
+
+
+class RunState(keras.callbacks.Callback):
+    """After every epoch: the weights (with the optimizer's and the loss scale's state) and state.json (epochs
+    done, dropout's random state, the history so far, the other callbacks' counters), which --resume goes on from.
+
+    Weights alternate between two files and state.json, renamed into place last, names the one it goes with,
+    so a kill at any instant leaves a consistent pair. history.csv is rewritten whole from the state each
+    epoch, so it never misses or repeats an epoch. Keras's BackupAndRestore keeps weights and the epoch only,
+    written in place; this keeps the rest too.
+    """
+
+    def __init__(self, run_dir, callbacks, state=None, shuffle_seed=None):
+        super().__init__()
+        self.run_dir, self.callbacks, self.shuffle_seed = run_dir, callbacks, shuffle_seed
+        self.state = state or {"epochs_done": 0, "history": [], "callbacks": {}, "training_over": False}
+
+    def on_train_begin(self, logs=None):
+        # Runs after the other callbacks' on_train_begin, which reset their counters: put them back.
+        for index, callback in enumerate(self.callbacks):
+            for name, value in self.state["callbacks"].get(str(index), {}).items():
+                setattr(callback, name, value)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {**logs, "seconds": time.time() - self.epoch_started}
+        weights = f"state-{(epoch + 1) % 2}.weights.h5"
+        with replaced_atomically(os.path.join(self.run_dir, weights)) as temporary:
+            self.model.save_weights(temporary)
+        counters = {}
+        for index, callback in enumerate(self.callbacks):
+            names = next((names for kind, names in CALLBACK_STATE.items() if isinstance(callback, kind)), ())
+            counters[str(index)] = {name: _plain(getattr(callback, name)) for name in names}
+        self.state = {"epochs_done": epoch + 1, "weights": weights, "random": random_state(self.model),
+                      "shuffle_seed": self.shuffle_seed,
+                      "history": self.state["history"] + [{"epoch": epoch, **{k: _plain(v) for k, v in logs.items()}}],
+                      "callbacks": counters, "training_over": bool(self.model.stop_training)}
+        write_history(self.run_dir, self.state["history"])
+        write_text(os.path.join(self.run_dir, STATE), json.dumps(self.state, indent=1))
+
+
+def _seed_generator_states(model):
+    # Dropout's random state: a model variable, but one that save_weights leaves out.
+    return [variable for variable in model.non_trainable_variables if "seed_generator" in variable.path]
+
+
+def random_state(model):
+    return [keras.ops.convert_to_numpy(variable).tolist() for variable in _seed_generator_states(model)]
+
+
+def restore(model, run_dir, state):
+    """The model, its optimizer and dropout's random state as they were after the state's last epoch."""
+    for leftover in glob.glob(os.path.join(run_dir, "*.writing*")):
+        os.remove(leftover)
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.path.join(run_dir, state["weights"]))
+    for variable, value in zip(_seed_generator_states(model), state["random"], strict=True):
+        variable.assign(np.array(value, dtype=keras.backend.standardize_dtype(variable.dtype)))
+    print(f"resuming {run_dir} after epoch {state['epochs_done']}")
+
+
+def _plain(value):
+    """A JSON-friendly copy of a callback counter or a logged metric."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def write_history(run_dir, rows):
+    import pandas as pd
+
+    history = pd.DataFrame(rows)
+    history = history[["epoch"] + sorted(column for column in history.columns if column != "epoch")]
+    with replaced_atomically(os.path.join(run_dir, "history.csv")) as temporary:
+        history.to_csv(temporary, index=False)
+
+
+def read_state(run_dir):
+    try:
+        with open(os.path.join(run_dir, STATE), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{run_dir}: not a resumable run ({STATE}: {getattr(error, 'strerror', None) or error})") from None
+
+
+def epochs_done(callbacks, state):
+    run_state = next((callback for callback in callbacks if isinstance(callback, RunState)), None)
+    if run_state is not None:
+        return run_state.state["epochs_done"]
+    return state["epochs_done"] if state else 0
+
+
+def mark_finished(run_dir):
+    """state.json says the run is over, and the per-epoch weights go (last.keras holds the final ones)."""
+    final_state = read_state(run_dir) if os.path.exists(os.path.join(run_dir, STATE)) else {}
+    write_text(os.path.join(run_dir, STATE), json.dumps({**final_state, "finished": True}, indent=1))
+    for backup in glob.glob(os.path.join(run_dir, "state-*.weights.h5")):
+        os.remove(backup)
