@@ -20,10 +20,8 @@ from collections import Counter
 import numpy as np
 
 import data
-from checkpoints import load_checkpoint
 from common import UserError, exit_on_user_error, replaced_atomically
 from config import config_beside
-from evaluate import predict_probabilities
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
@@ -78,10 +76,11 @@ def to_gray(image):
 
 
 class Predictor:
-    """Faces of one frame -> probabilities, annotations and records."""
+    """Faces of one frame -> probabilities, annotations and records. `probabilities` maps uint8 faces
+    (n, 48, 48) to (n, 7)."""
 
-    def __init__(self, model, finder, margin, detect=True):
-        self.model, self.finder, self.margin, self.detect = model, finder, margin, detect
+    def __init__(self, probabilities, finder, margin, detect=True):
+        self.probabilities, self.finder, self.margin, self.detect = probabilities, finder, margin, detect
 
     def frame(self, image):
         """(boxes, probabilities (n, 7)) for one BGR or grayscale frame; with detect off the whole frame is one face."""
@@ -94,7 +93,7 @@ class Predictor:
             return [], np.zeros((0, len(data.EMOTIONS)), np.float32)
         margin = self.margin if self.detect else 0.0
         faces = np.stack([crop_face(gray, box, margin) for box in boxes])
-        return boxes, predict_probabilities(self.model, faces)
+        return boxes, self.probabilities(faces)
 
     @staticmethod
     def annotate(image, boxes, probabilities):
@@ -169,14 +168,11 @@ def predict_image(predictor, path, out_dir, used, write):
 
 def predict_video(predictor, path, out_dir, used, write):
     cv2 = import_cv2()
-    import keras
-
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
         raise OSError("not a readable video")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    progress = keras.utils.Progbar(total, unit_name="frame") if total else None
     writer, frames, with_faces, emotions = None, 0, 0, Counter()
     try:
         while True:
@@ -194,12 +190,14 @@ def predict_video(predictor, path, out_dir, used, write):
                                          (image.shape[1], image.shape[0]))
             writer.write(predictor.annotate(image, boxes, probabilities))
             frames += 1
-            if progress is not None:
-                progress.update(min(frames, total))
+            if sys.stdout.isatty() and total:
+                print(f"\r{path}: frame {frames} of {total}", end="", flush=True)
     finally:
         capture.release()
         if writer is not None:
             writer.release()
+        if sys.stdout.isatty() and total:
+            print("\r", end="")
     if frames == 0:
         raise OSError("no frames could be read")
     common = ", ".join(f"{name} {count}" for name, count in emotions.most_common(3))
@@ -231,12 +229,27 @@ def run_webcam(predictor, camera):
         cv2.destroyAllWindows()
 
 
+def load_probabilities(checkpoint, weights=None):
+    """faces -> probabilities for a checkpoint: an .onnx file runs on onnxruntime alone (no TensorFlow or Keras
+    is imported), anything else through Keras."""
+    if checkpoint.endswith(".onnx"):
+        from export import OnnxModel
+
+        onnx = OnnxModel(checkpoint)
+        return lambda faces: onnx.predict(data.to_float(faces))
+    from checkpoints import load_checkpoint
+    from evaluate import predict_probabilities
+
+    model = load_checkpoint(checkpoint, weights)
+    return lambda faces: predict_probabilities(model, faces)
+
+
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="*", help="image files, folders of images, video files")
     parser.add_argument("--checkpoint", required=True,
-                        help="a .keras file, a Keras 2 .h5/.hdf5/.hd5 model, or a model.json (with --weights)")
+                        help="a .keras file, an .onnx export, a Keras 2 .h5/.hdf5/.hd5 model, or a model.json (with --weights)")
     parser.add_argument("--weights", help="weights for a model.json (default: the .h5 beside it)")
     parser.add_argument("--out", default="predictions", help="folder for annotated copies and predictions.jsonl")
     parser.add_argument("--no-detect", action="store_true", help="each input is one already-cropped face")
@@ -247,8 +260,8 @@ def main(argv=None):
     if not args.inputs and args.webcam is None:
         raise UserError("give images, folders or videos to predict on, or --webcam")
     settings = config_beside(args.checkpoint, args.set)["predict"]
-    model = load_checkpoint(args.checkpoint, args.weights)
-    predictor = Predictor(model, FaceFinder(settings), settings["margin"], detect=not args.no_detect)
+    predictor = Predictor(load_probabilities(args.checkpoint, args.weights), FaceFinder(settings), settings["margin"],
+                          detect=not args.no_detect)
     if args.webcam is not None:
         run_webcam(predictor, args.webcam)
         return 0

@@ -95,3 +95,13 @@ def trained_run(tmp_path_factory, synthetic_csv):
                         "--set", "output.name=demo")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out / "demo", result
+
+
+@pytest.fixture(scope="session")
+def astronaut(tmp_path_factory):
+    """A real photograph with a face: scikit-image's public-domain astronaut."""
+    cv2 = pytest.importorskip("cv2")
+    skimage_data = pytest.importorskip("skimage.data")
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    cv2.imwrite(str(path), cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
+    return path
