@@ -3,11 +3,12 @@
     python bench.py load    [--data PATH] [--repeat 3]
     python bench.py train   [--data PATH] [--steps 30] [--batch-size 64] [--rounds 2]
     python bench.py predict [--data PATH] [--images 2048] [--rounds 2]
+    python bench.py video   [--frames 300]     # predict.py on a 640x480 clip, face detection included: frames/s
     python bench.py all     [--data PATH]
     python bench.py kernels [--data PATH] [--steps 30] [--batch-size 64]   # TensorFlow: where training time goes
     python bench.py precision [--seeds 5]       # does each precision train as well as float32? (no FER2013 needed)
 
-train, predict and kernels take --precisions (default float32,mixed_bfloat16, and mixed_float16 with a GPU).
+train, predict, video and kernels take --precisions (default float32,mixed_bfloat16, and mixed_float16 with a GPU).
 
 Every figure comes from a fresh Python process, so that its peak memory is that job's alone and nothing (a
 dtype policy, a warm cache, compiled functions) carries over from one figure to the next. Loading figures are
@@ -265,6 +266,57 @@ def recompute_batch_norm_statistics(model, images):
             layer.moving_variance.assign(inputs.var(axis=0).astype(np.float32))
 
 
+def write_test_video(path, frames, size=(640, 480)):
+    """A camera-sized clip with one face (scikit-image's astronaut, 150 pixels wide) drifting across it."""
+    import cv2
+    import skimage.data
+
+    face = cv2.resize(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), (300, 300))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30, size)
+    for index in range(frames):
+        frame = np.full((size[1], size[0], 3), 90, np.uint8)
+        left = 100 + index % 200
+        frame[90:390, left:left + 300] = face
+        writer.write(frame)
+    writer.release()
+
+
+def measure_video(how, precision, frames, folder):
+    """predict.py's whole video loop (decode, face detection, the notebook's network, annotation, encoding) on a
+    640x480 clip: frames per second after start-up. how: keras|onnx, then -full (detection on the full frame) or
+    -320 (predict.video_detect_width's default)."""
+    import keras
+
+    import export
+    import predict
+    from config import load_config
+    from model import build_model
+
+    runtime, detection = how.split("-")
+    keras.mixed_precision.set_global_policy(precision)
+    config = load_config(os.path.join(HERE, "config.yaml"))
+    checkpoint = os.path.join(folder, "model.keras")
+    build_model(config).save(checkpoint)
+    if runtime == "onnx":
+        export.export(checkpoint, os.path.join(folder, "model.onnx"))
+        checkpoint = os.path.join(folder, "model.onnx")
+    video = os.path.join(folder, "clip.mp4")
+    write_test_video(video, frames)
+    settings = {**config["predict"], "video_detect_width": None if detection == "full" else int(detection)}
+    predictor = predict.Predictor(predict.load_probabilities(checkpoint), predict.FaceFinder(settings),
+                                  settings["margin"])
+    predictor.frame(np.zeros((480, 640, 3), np.uint8))  # the first call builds the model's function
+    records = []
+    cpu, started = os.times(), time.perf_counter()
+    annotated = os.path.join(folder, "annotated")
+    os.makedirs(annotated)
+    predict.predict_video(predictor, video, annotated, set(), records.append)
+    seconds, after = time.perf_counter() - started, os.times()
+    busy = (after.user - cpu.user) + (after.system - cpu.system)
+    return {"frames_per_second": frames / seconds, "seconds": seconds, "cpu_cores": busy / seconds,
+            "frames_with_a_face": len({record["frame"] for record in records})}
+
+
 def child_main(argv):
     job, how, *rest = argv
     if job != "load":  # loading figures keep TensorFlow out of their time and memory
@@ -272,6 +324,9 @@ def child_main(argv):
     if job == "precision":
         with tempfile.TemporaryDirectory() as folder:
             result = measure_precision(int(how), rest[0], folder)
+    elif job == "video":
+        with tempfile.TemporaryDirectory() as folder:
+            result = measure_video(how, rest[0], int(rest[1]), folder)
     elif job == "load":
         path, cache_dir = rest
         result = measure_load(how, path, cache_dir)
@@ -438,13 +493,27 @@ def print_precision_table(figures):
             print(f"    {f['what']:<16} {f[key + '_mean']:.3f}  [{' '.join(f'{v:.3f}' for v in f[key])}]")
 
 
+def bench_video(precisions, frames):
+    """predict.py on a 640x480 clip: Keras per precision and the ONNX export (float32), detection on the full
+    frame and at predict.video_detect_width."""
+    runs = [("keras-full", "float32")] + [("keras-320", p) for p in precisions] + [("onnx-320", "float32")]
+    figures = []
+    for how, precision in runs:
+        result, _ = in_child("video", how, precision, frames)
+        runtime, detection = how.split("-")
+        figures.append({"bench": "video", "what": f"{runtime} {precision}, detect at {detection}",
+                        "precision": precision, **result})
+    return figures
+
+
 def print_table(figures):
-    print(f"{'bench':<8} {'what':<36} {'seconds':>9} {'peak MiB':>9} {'images/s':>9} {'x notebook':>10} {'cores':>6}"
+    print(f"{'bench':<8} {'what':<36} {'seconds':>9} {'peak MiB':>9} {'per s':>9} {'x notebook':>10} {'cores':>6}"
           f" {'TFLOP/s':>8} {'of peak':>8}")
     for f in figures:
-        seconds = f"{f['seconds']:.3f}" if "seconds" in f and "images_per_second" not in f else ""
+        seconds = f"{f['seconds']:.3f}" if "seconds" in f and "images_per_second" not in f else ""  # video: its loop
         peak = f"{f['peak_mib']:.0f}" if "peak_mib" in f else ""
-        rate = f"{f['images_per_second']:.1f}" if "images_per_second" in f else ""
+        rate = f"{f.get('images_per_second', f.get('frames_per_second', 0)):.1f}" if (
+            "images_per_second" in f or "frames_per_second" in f) else ""
         ratio = f"{f['speedup_vs_notebook']:.2f}" if "speedup_vs_notebook" in f else ""
         cores = f"{f['cpu_cores']:.2f}" if "cpu_cores" in f else ""
         tflops = f"{f['tflops']:.3f}" if "tflops" in f else ""
@@ -462,21 +531,22 @@ def main(argv=None):
     if argv[:1] == ["--child"]:
         return child_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("job", choices=("load", "train", "predict", "all", "kernels", "precision"))
+    parser.add_argument("job", choices=("load", "train", "predict", "video", "all", "kernels", "precision"))
     parser.add_argument("--data", default="data/fer2013.csv", help="a FER2013 CSV (default data/fer2013.csv)")
     parser.add_argument("--repeat", type=int, default=3, help="load: fresh processes per figure (median)")
     parser.add_argument("--steps", type=int, default=30, help="train: timed steps per figure")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--images", type=int, default=2048, help="predict: images per figure")
+    parser.add_argument("--frames", type=int, default=300, help="video: frames of the 640x480 clip (default 300)")
     parser.add_argument("--seeds", type=int, default=5, help="precision: training seeds per precision (default 5)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="train, predict: rounds taking turns over the figures; each keeps its best (default 2)")
     parser.add_argument("--precisions", default=None,
                         help="comma-separated (default: float32, mixed_bfloat16, and mixed_float16 with a GPU)")
     args = parser.parse_args(argv)
-    if min(args.repeat, args.steps, args.batch_size, args.images, args.rounds, args.seeds) < 1:
-        raise UserError("--repeat, --steps, --batch-size, --images, --rounds and --seeds must be 1 or more")
-    if args.job != "precision" and not os.path.isfile(args.data):
+    if min(args.repeat, args.steps, args.batch_size, args.images, args.rounds, args.seeds, args.frames) < 1:
+        raise UserError("--repeat, --steps, --batch-size, --images, --rounds, --seeds and --frames must be 1 or more")
+    if args.job not in ("precision", "video") and not os.path.isfile(args.data):
         raise UserError(f"{args.data}: no such file (bench.py needs a FER2013-format CSV; give it with --data)")
     figures = []
     if args.job in ("load", "all"):
@@ -489,6 +559,8 @@ def main(argv=None):
         figures += bench_images_per_second("train", args.data, precisions, args.rounds, args.steps, args.batch_size)
     if args.job in ("predict", "all"):
         figures += bench_images_per_second("predict", args.data, precisions, args.rounds, args.images)
+    if args.job in ("video", "all"):
+        figures += bench_video(precisions, args.frames)
     if args.job == "kernels":
         figures += bench_kernels(args.data, precisions, args.steps, args.batch_size)
     if args.job == "precision":

@@ -49,7 +49,7 @@ DEFAULTS = {
         "checkpoint": {"monitor": "val_loss", "save_best_only": True},
     },
     "output": {"dir": "runs", "name": None, "tensorboard": False},
-    "predict": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "margin": 0.1},
+    "predict": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "margin": 0.1, "video_detect_width": 320},
 }
 
 # Keys whose values are not of their default's type: null and what else they take.
@@ -60,6 +60,7 @@ TYPES = {
     "train.seed": (int, type(None)),
     "train.jit_compile": (bool, str),
     "output.name": (str, type(None)),
+    "predict.video_detect_width": (int, type(None)),
 }
 CHOICES = {
     "data.protocol": ("notebook", "standard"),
@@ -255,6 +256,8 @@ def validate(config):
     require(config["predict"]["min_neighbors"] >= 0, "predict.min_neighbors", "must be >= 0")
     require(config["predict"]["min_size"] > 0, "predict.min_size", "must be > 0")
     require(0 <= config["predict"]["margin"] <= 1, "predict.margin", "must be in [0, 1]")
+    width = config["predict"]["video_detect_width"]
+    require(width is None or width >= 24, "predict.video_detect_width", "must be 24 or more, or null (full size)")
     jit_compile = config["train"]["jit_compile"]
     require(jit_compile == "auto" or isinstance(jit_compile, bool), "train.jit_compile", "must be auto, true or false")
     require(config["data"]["cache_dir"] is None or config["data"]["cache_dir"].strip() != "", "data.cache_dir",

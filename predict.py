@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -48,12 +49,18 @@ class FaceFinder:
             raise UserError(f"OpenCV could not load its face detector {path}")
         self.options = options
 
-    def __call__(self, gray):
-        """[(x, y, w, h)] of the faces in a grayscale image, left to right."""
-        min_size = self.options["min_size"]
+    def __call__(self, gray, width=None):
+        """[(x, y, w, h)] of the faces in a grayscale image, left to right. With `width`, the search runs on the
+        image scaled down to that width (about 2.5x faster at 320 than at 640 pixels), boxes given in the
+        image's own pixels; faces smaller than the cascade's 24-pixel window at that scale are not found."""
+        scale = min(1.0, width / gray.shape[1]) if width else 1.0
+        if scale < 1:
+            gray = import_cv2().resize(gray, (width, max(1, round(gray.shape[0] * scale))),
+                                       interpolation=import_cv2().INTER_AREA)
+        min_size = max(1, round(self.options["min_size"] * scale))
         boxes = self.cascade.detectMultiScale(gray, scaleFactor=self.options["scale_factor"],
                                               minNeighbors=self.options["min_neighbors"], minSize=(min_size, min_size))
-        return sorted((tuple(int(v) for v in box) for box in boxes), key=lambda box: box[0])
+        return sorted((tuple(int(round(v / scale)) for v in box) for box in boxes), key=lambda box: box[0])
 
 
 def crop_face(gray, box, margin=0.0):
@@ -82,18 +89,26 @@ class Predictor:
     def __init__(self, probabilities, finder, margin, detect=True):
         self.probabilities, self.finder, self.margin, self.detect = probabilities, finder, margin, detect
 
-    def frame(self, image):
+    def frame(self, image, video=False):
         """(boxes, probabilities (n, 7)) for one BGR or grayscale frame; with detect off the whole frame is one face."""
+        gray, boxes = self.find(image, video)
+        return boxes, self.score(gray, boxes)
+
+    def find(self, image, video=False):
+        """(the frame in grayscale, its face boxes). Video and webcam frames are searched at
+        predict.video_detect_width, to keep up with a camera."""
         gray = to_gray(image)
-        if self.detect:
-            boxes = self.finder(gray)
-        else:
-            boxes = [(0, 0, gray.shape[1], gray.shape[0])]
+        if not self.detect:
+            return gray, [(0, 0, gray.shape[1], gray.shape[0])]
+        return gray, self.finder(gray, self.finder.options["video_detect_width"] if video else None)
+
+    def score(self, gray, boxes):
+        """The probabilities (n, 7) of the faces in `boxes`."""
         if not boxes:
             return [], np.zeros((0, len(data.EMOTIONS)), np.float32)
         margin = self.margin if self.detect else 0.0
         faces = np.stack([crop_face(gray, box, margin) for box in boxes])
-        return boxes, self.probabilities(faces)
+        return self.probabilities(faces)
 
     @staticmethod
     def annotate(image, boxes, probabilities):
@@ -166,6 +181,22 @@ def predict_image(predictor, path, out_dir, used, write):
     return tops[0]
 
 
+def frames_found_ahead(capture, predictor):
+    """(frame, its grayscale, its face boxes) for each frame of a capture, read and searched one frame ahead on a
+    thread of its own: OpenCV's decoding and face search run while the network scores the frame before (both
+    release the GIL). 1.06-1.09x the frames per second on 2 AVX2 cores, where each stage already keeps both
+    cores busy; more where the network is fast and detection is most of the time."""
+    def next_frame():
+        ok, image = capture.read()
+        return (image, *predictor.find(image, video=True)) if ok else None
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        ahead = reader.submit(next_frame)
+        while (found := ahead.result()) is not None:
+            ahead = reader.submit(next_frame)
+            yield found
+
+
 def predict_video(predictor, path, out_dir, used, write):
     cv2 = import_cv2()
     capture = cv2.VideoCapture(path)
@@ -175,11 +206,8 @@ def predict_video(predictor, path, out_dir, used, write):
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     writer, frames, with_faces, emotions = None, 0, 0, Counter()
     try:
-        while True:
-            ok, image = capture.read()
-            if not ok:
-                break
-            boxes, probabilities = predictor.frame(image)
+        for image, gray, boxes in frames_found_ahead(capture, predictor):
+            probabilities = predictor.score(gray, boxes)
             for record in predictor.records(path, boxes, probabilities, frame=frames):
                 write(record)
                 emotions[record["emotion"]] += 1
@@ -220,7 +248,7 @@ def run_webcam(predictor, camera):
             ok, image = capture.read()
             if not ok:
                 raise UserError(f"camera {camera} stopped giving frames")
-            boxes, probabilities = predictor.frame(image)
+            boxes, probabilities = predictor.frame(image, video=True)
             cv2.imshow("fer2013-keras (q quits)", predictor.annotate(image, boxes, probabilities))
             if cv2.waitKey(1) & 0xFF == ord("q"):
                 break

@@ -68,6 +68,7 @@ BAD_CONFIGS = {
     "validation_split 1": ("", ["data.validation_split=1"], "'data.validation_split' must be between 0 and 1"),
     "validation_split 0": ("", ["data.validation_split=0"], "'data.validation_split' must be between 0 and 1"),
     "unknown protocol": ("", ["data.protocol=random"], "'data.protocol' must be one of notebook, standard"),
+    "tiny detection width": ("", ["predict.video_detect_width=10"], "'predict.video_detect_width' must be 24 or more"),
     "unknown precision": ("", ["train.precision=float16"], "'train.precision' must be one of auto, float32"),
     "unknown distribute": ("", ["train.distribute=tpu"], "'train.distribute' must be one of auto, none, mirrored"),
     "bad jit_compile": ("", ["train.jit_compile=sometimes"], "'train.jit_compile' must be auto, true or false"),

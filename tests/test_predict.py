@@ -57,6 +57,21 @@ def test_a_video_gets_one_record_per_frame_with_a_face(trained_run, astronaut, t
     assert frames == 6
 
 
+def test_video_frames_are_searched_scaled_down_and_boxes_come_back_in_frame_pixels(astronaut):
+    from config import DEFAULTS
+
+    frame = np.full((480, 640), 90, np.uint8)
+    frame[90:390, 170:470] = cv2.resize(cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2GRAY), (300, 300))
+    finder = predict.FaceFinder(DEFAULTS["predict"])
+    [(x, y, w, h)] = finder(frame)
+    [(x2, y2, w2, h2)] = finder(frame, width=320)  # half the pixels each way
+    assert abs(x2 - x) <= 4 and abs(y2 - y) <= 4 and abs(w2 - w) <= 4 and w > 40
+    assert finder(frame, width=1280) == finder(frame)  # never scaled up
+    assert finder(frame, width=160) == []  # the 59-pixel face is below the cascade's 24-pixel window there
+    predictor = predict.Predictor(lambda faces: np.zeros((len(faces), 7)), finder, margin=0.1)
+    assert predictor.find(frame, video=True)[1] == [(x2, y2, w2, h2)]
+
+
 def test_the_crop_fed_to_the_model_is_cv2_resize_of_the_box(trained_run):
     run_dir, _ = trained_run
     rng = np.random.default_rng(0)
@@ -76,7 +91,7 @@ def test_the_crop_fed_to_the_model_is_cv2_resize_of_the_box(trained_run):
     model = checkpoints.load_checkpoint(str(run_dir / "best.keras"))
 
     class OneBox:
-        def __call__(self, image):
+        def __call__(self, image, width=None):
             return [box]
 
     boxes, probabilities = predict.Predictor(lambda faces: evaluate.predict_probabilities(model, faces), OneBox(),
