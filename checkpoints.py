@@ -23,6 +23,20 @@ with native_stderr_held():
     import keras
 
 
+MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+
+
+def shipped_model(folder=MODELS):
+    """The model shipped with the code (models/fer2013-<name>.keras), which evaluate.py and predict.py use when no
+    --checkpoint is given; a UserError while none is shipped."""
+    found = sorted(name for name in os.listdir(folder) if name.startswith("fer2013-") and name.endswith(".keras")) \
+        if os.path.isdir(folder) else []
+    if not found:
+        raise UserError(f"no --checkpoint given, and no model is shipped in {folder} yet: train one (python train.py "
+                        "--config config.yaml) and give --checkpoint runs/<run>/best.keras")
+    return os.path.join(folder, found[-1])
+
+
 def load_checkpoint(path, weights=None):
     """A model from our .keras file, our model.json + model.weights.h5, or the notebook's own Keras 2 files:
     its model.json with a save_weights .h5, or a whole-model HDF5 file whatever its extension (.h5, .hdf5, .hd5)."""

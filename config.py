@@ -36,7 +36,7 @@ DEFAULTS = {
         "schedule": "plateau",
         "warmup_epochs": 0,
         "label_smoothing": 0.0,
-        "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0},
+        "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0},
         "shuffle": True,
         "seed": None,
         "precision": "auto",
@@ -244,6 +244,9 @@ def validate(config):
     require(0 <= config["train"]["label_smoothing"] < 1, "train.label_smoothing", "must be in [0, 1)")
     for key, most in (("shift", 0.5), ("rotation", 180), ("zoom", 0.5)):
         require(0 <= config["train"]["augment"][key] <= most, f"train.augment.{key}", f"must be in [0, {most}]")
+    crop = config["train"]["augment"]["crop"]
+    require(crop == 0 or (24 <= crop < 48 and crop % 2 == 0), "train.augment.crop",
+            "must be 0 (off) or an even size from 24 to 46")
     for name in ("reduce_lr", "early_stopping", "checkpoint"):
         key = f"callbacks.{name}.monitor"
         require(get_key(config, key) in MONITORS, key, f"must be one of {', '.join(MONITORS)}")

@@ -1,6 +1,6 @@
 """FER2013 data: the notebook's load_data, the two split protocols, the image-folder release, synthetic faces.
 
-    python data.py PATH                               # images per Usage x emotion
+    python data.py PATH [--preview faces.png]         # images per Usage x emotion [and sample faces of each]
     python data.py --synthetic OUT.csv --rows 3000    # a synthetic FER-format CSV (not FER2013!)
     python data.py --download [--dest data/]          # FER2013 from Kaggle into data/fer2013.csv
 
@@ -413,6 +413,25 @@ def write_csv(path, faces):
             f.write(f"{label},{' '.join(as_text[image.ravel()])},{USAGES[usage]}\n")
 
 
+def plot_preview(faces, path, per_class=8, seed=0):
+    """A grid of `per_class` faces of each emotion (rows), drawn at random, each row titled with its count."""
+    from common import pyplot, save_figure
+
+    rng = np.random.default_rng(seed)
+    figure, axes = pyplot().subplots(len(EMOTIONS), per_class, figsize=(per_class * 1.1, len(EMOTIONS) * 1.25))
+    for label, row in enumerate(axes):
+        members = np.flatnonzero(faces.labels == label)
+        chosen = rng.choice(members, min(per_class, len(members)), replace=False) if len(members) else []
+        for column, ax in enumerate(row):
+            ax.axis("off")
+            if column < len(chosen):
+                ax.imshow(faces.images[chosen[column]], cmap="gray", vmin=0, vmax=255)
+        row[0].set_title(f"{EMOTIONS[label]}: {len(members):,} faces", loc="left", fontsize=9)
+    figure.suptitle(f"{len(faces):,} faces, {per_class} drawn at random per emotion", fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 # --- command line ---------------------------------------------------------------------------------------
 
 @exit_on_user_error
@@ -420,6 +439,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", nargs="?", help="a fer2013.csv (.csv.gz) or image-folder release to count")
+    parser.add_argument("--preview", metavar="OUT.png", help="with PATH: draw sample faces per emotion, with the counts")
     parser.add_argument("--synthetic", metavar="OUT.csv", help="write a synthetic FER-format CSV")
     parser.add_argument("--rows", type=int, default=3000, help="rows of the synthetic CSV (default 3000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic CSV (default 0)")
@@ -449,6 +469,9 @@ def main(argv=None):
 
     with pd.option_context("display.width", 200):
         print(counts_table(faces).to_string())
+    if args.preview:
+        plot_preview(faces, args.preview)
+        print(f"wrote {args.preview}")
     return 0
 
 

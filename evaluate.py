@@ -17,7 +17,7 @@ import numpy as np
 
 import backends
 import data
-from checkpoints import load_checkpoint
+from checkpoints import load_checkpoint, shipped_model
 from common import UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure, write_text
 from config import config_beside
 
@@ -25,13 +25,17 @@ with native_stderr_held():
     import keras
 
 
-def predict_probabilities(model, images, batch_size=256, tta=False):
-    """Class probabilities (N, 7) for uint8 images (N, 48, 48), fed as the notebook did (/ 255). With `tta`,
-    the average over each face and its mirror image (test-time augmentation).
+def predict_probabilities(model, images, batch_size=256, tta=None):
+    """Class probabilities (N, 7) for uint8 images (N, 48, 48), fed as the notebook did (/ 255). Test-time
+    augmentation: tta "flip" (or True) averages each face and its mirror image; "tencrop" averages the ten crops
+    of a model that crops its input (train.augment.crop): the centre and the four corners, each also mirrored.
 
     Each batch is padded to a multiple of the devices that split it (JAX data parallelism) and the padding's
     outputs are dropped, so every image is scored exactly once.
     """
+    if tta == "tencrop":
+        return np.mean([predict_probabilities(model, np.roll(images, shift, axis=(1, 2)), batch_size, "flip")
+                        for shift in crop_shifts(model)], axis=0)
     if tta:
         return (predict_probabilities(model, images, batch_size)
                 + predict_probabilities(model, images[:, :, ::-1], batch_size)) / 2
@@ -46,7 +50,18 @@ def predict_probabilities(model, images, batch_size=256, tta=False):
     return np.concatenate(outputs).astype(np.float32)
 
 
-def evaluate_model(model, faces, split="PrivateTest", batch_size=256, tta=False):
+def crop_shifts(model):
+    """The five shifts of a 48x48 face after which the model's own centre crop (keras.layers.CenterCrop, what
+    train.augment.crop puts in the network) sees the centre and the four corner crops. The pixels a shift wraps
+    around land outside the crop."""
+    crop = next((layer for layer in model.layers if isinstance(layer, keras.layers.CenterCrop)), None)
+    if crop is None:
+        raise UserError("--tta tencrop needs a model that crops its input (trained with train.augment.crop)")
+    margin = (data.SIZE - crop.height) // 2
+    return [(0, 0), (margin, margin), (margin, -margin), (-margin, margin), (-margin, -margin)]
+
+
+def evaluate_model(model, faces, split="PrivateTest", batch_size=256, tta=None):
     """Accuracy, per-class precision/recall/F1 (scikit-learn's classification report) and the confusion matrix
     of `model` on `faces`; and the class probabilities of every face."""
     from sklearn.metrics import classification_report, confusion_matrix
@@ -60,6 +75,7 @@ def evaluate_model(model, faces, split="PrivateTest", batch_size=256, tta=False)
     return {
         "split": split,
         "tta": bool(tta),
+        "tta_kind": "flip" if tta is True else tta or None,
         "n": int(len(truth)),
         "accuracy": float(np.mean(predicted == truth)),
         "macro_f1": float(report["macro avg"]["f1-score"]),
@@ -71,25 +87,27 @@ def evaluate_model(model, faces, split="PrivateTest", batch_size=256, tta=False)
     }, probabilities
 
 
-def report_names(checkpoint, tta=False):
-    """metrics.json, confusion_matrix.png, predictions.csv for best.keras; metrics-<stem>.json ... for any
-    other checkpoint; -tta added with test-time augmentation."""
+def report_names(checkpoint, tta=None):
+    """metrics.json, confusion_matrix.png, predictions.csv, mistakes.png for best.keras; metrics-<stem>.json ...
+    for any other checkpoint; -tta added with flip test-time augmentation, -tencrop with ten crops."""
     stem = os.path.splitext(os.path.basename(checkpoint))[0]
-    suffix = ("" if stem == "best" else f"-{stem}") + ("-tta" if tta else "")
-    return f"metrics{suffix}.json", f"confusion_matrix{suffix}.png", f"predictions{suffix}.csv"
+    suffix = ("" if stem == "best" else f"-{stem}") + ({"tencrop": "-tencrop"}.get(tta, "-tta") if tta else "")
+    return (f"metrics{suffix}.json", f"confusion_matrix{suffix}.png", f"predictions{suffix}.csv",
+            f"mistakes{suffix}.png")
 
 
 def write_report(metrics, probabilities, faces, out_dir, checkpoint):
-    """metrics.json, confusion_matrix.png and predictions.csv (names as report_names) in out_dir; returns
-    their paths. predictions.csv has one row per face of the split, in file order: the true label, the
+    """metrics.json, confusion_matrix.png, predictions.csv and mistakes.png (names as report_names) in out_dir;
+    returns their paths. predictions.csv has one row per face of the split, in file order: the true label, the
     predicted one and the 7 probabilities, from which anyone can recompute the scores."""
     import pandas as pd
 
     os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, name) for name in report_names(checkpoint, metrics.get("tta", False))]
-    json_path, png_path, csv_path = paths
+    paths = [os.path.join(out_dir, name) for name in report_names(checkpoint, metrics.get("tta_kind"))]
+    json_path, png_path, csv_path, mistakes_path = paths
     write_text(json_path, json.dumps(metrics, indent=2) + "\n")
     plot_confusion_matrix(metrics, png_path)
+    plot_mistakes(faces, probabilities, mistakes_path)
     table = pd.DataFrame({"row": np.arange(len(faces)), "true": faces.labels.astype(np.int64),
                           "predicted": probabilities.argmax(axis=1)})
     for index, name in enumerate(data.EMOTIONS):
@@ -115,8 +133,29 @@ def plot_confusion_matrix(metrics, path):
     save_figure(figure, path)
 
 
+def plot_mistakes(faces, probabilities, path, count=24):
+    """The `count` most confident wrong answers, each face with its true and predicted emotion; returns their
+    indices, most confident first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != faces.labels)
+    worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
+    columns = 8
+    rows = max(1, -(-len(worst) // columns))
+    figure, axes = pyplot().subplots(rows, columns, figsize=(columns * 1.5, rows * 1.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, worst):
+        ax.imshow(faces.images[index], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"true {data.EMOTIONS[faces.labels[index]]}\nsaid {data.EMOTIONS[predicted[index]]} "
+                     f"{probabilities[index, predicted[index]]:.0%}", fontsize=8)
+    figure.suptitle(f"the {len(worst)} most confident mistakes of {len(wrong):,} ({len(faces):,} faces)", fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path)
+    return worst
+
+
 def print_report(metrics):
-    tta = " with test-time augmentation (flip)" if metrics.get("tta") else ""
+    tta = f" with test-time augmentation ({metrics.get('tta_kind') or 'flip'})" if metrics.get("tta") else ""
     print(f"{metrics['split']} accuracy{tta}: {metrics['accuracy']:.4f} ({metrics['n']} images)")
     print(f"{'':>10} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
     for name, row in metrics["per_class"].items():
@@ -142,16 +181,20 @@ def data_for(checkpoint, data_path):
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True,
-                        help="a .keras file, a Keras 2 .h5/.hdf5/.hd5 model, or a model.json (with --weights)")
+    parser.add_argument("--checkpoint", help="a .keras file, a Keras 2 .h5/.hdf5/.hd5 model, or a model.json (with "
+                                             "--weights); default: the model shipped in models/")
     parser.add_argument("--weights", help="weights for a model.json (default: the .h5 beside it)")
     parser.add_argument("--data", help="fer2013.csv or image folder (default: the run's data.path)")
     parser.add_argument("--split", default="PrivateTest", choices=data.USAGES, help="default: PrivateTest")
     parser.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: beside the checkpoint)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average each face's probabilities with its mirror image's")
+    parser.add_argument("--tta", nargs="?", const="flip", choices=("flip", "tencrop"),
+                        help="test-time augmentation: flip (the default) averages each face with its mirror image; "
+                             "tencrop, for a model trained with train.augment.crop, its ten crops")
     args = parser.parse_args(argv)
+    if args.checkpoint is None:
+        args.checkpoint = shipped_model()
+        print(f"using the shipped model {args.checkpoint} (no --checkpoint given)")
     model = load_checkpoint(args.checkpoint, args.weights)
     data_path, limit, cache_dir = data_for(args.checkpoint, args.data)
     faces = load_split(data_path, args.split, limit, cache_dir)

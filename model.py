@@ -62,6 +62,14 @@ def augmentation(options):
         layers.append(keras.layers.RandomRotation(options["rotation"] / 360, fill_mode="nearest", dtype="float32"))
     if options["zoom"]:
         layers.append(keras.layers.RandomZoom(options["zoom"], fill_mode="nearest", dtype="float32"))
+    if options.get("crop"):
+        # A random crop while training (a shift of up to the margin, then the centre), the centre crop at
+        # inference: the network still takes 48x48 faces, and evaluate.py --tta tencrop shifts them to score the
+        # corner crops too.
+        margin = (data.SIZE - options["crop"]) / 2 / data.SIZE
+        layers += [keras.layers.RandomTranslation(margin, margin, fill_mode="nearest", interpolation="nearest",
+                                                  dtype="float32"),
+                   keras.layers.CenterCrop(options["crop"], options["crop"], dtype="float32")]
     return layers
 
 

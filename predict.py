@@ -276,8 +276,8 @@ def load_probabilities(checkpoint, weights=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="*", help="image files, folders of images, video files")
-    parser.add_argument("--checkpoint", required=True,
-                        help="a .keras file, an .onnx export, a Keras 2 .h5/.hdf5/.hd5 model, or a model.json (with --weights)")
+    parser.add_argument("--checkpoint", help="a .keras file, an .onnx export, a Keras 2 .h5/.hdf5/.hd5 model, or a "
+                                             "model.json (with --weights); default: the model shipped in models/")
     parser.add_argument("--weights", help="weights for a model.json (default: the .h5 beside it)")
     parser.add_argument("--out", default="predictions", help="folder for annotated copies and predictions.jsonl")
     parser.add_argument("--no-detect", action="store_true", help="each input is one already-cropped face")
@@ -287,6 +287,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.inputs and args.webcam is None:
         raise UserError("give images, folders or videos to predict on, or --webcam")
+    if args.checkpoint is None:
+        from checkpoints import shipped_model
+
+        args.checkpoint = shipped_model()
+        print(f"using the shipped model {args.checkpoint} (no --checkpoint given)")
     settings = config_beside(args.checkpoint, args.set)["predict"]
     predictor = Predictor(load_probabilities(args.checkpoint, args.weights), FaceFinder(settings), settings["margin"],
                           detect=not args.no_detect)

@@ -178,3 +178,19 @@ def test_bad_notebook_files_get_one_line(notebook_files, published_json, publish
     assert_user_error(run_script("model.py", "--convert", tmp_path / "other.json", notebook_files / "model.h5",
                                  tmp_path / "out.keras"), "layer dense_3 has weights of shapes")
     assert not (tmp_path / "out.keras").exists()
+
+
+def test_the_shipped_model_is_the_default_checkpoint(tmp_path, trained_run):
+    run_dir, _ = trained_run
+    with pytest.raises(UserError, match="no model is shipped in .* yet"):
+        checkpoints.shipped_model(str(tmp_path))
+    (tmp_path / "README.md").write_text("not a model")
+    (tmp_path / "fer2013-demo.keras").write_bytes((run_dir / "best.keras").read_bytes())
+    assert checkpoints.shipped_model(str(tmp_path)) == str(tmp_path / "fer2013-demo.keras")
+    # The scripts without --checkpoint: the repository's own models/ folder, shipped or not yet.
+    result = run_script("evaluate.py", "--data", run_dir.parent / "none.csv")
+    if list((ROOT / "models").glob("fer2013-*.keras")):
+        assert result.stdout.splitlines()[0].startswith("using the shipped model")
+    else:
+        assert_user_error(result, "no --checkpoint given", "models")
+        assert_user_error(run_script("predict.py", "photo.jpg"), "no --checkpoint given", "models")

@@ -18,7 +18,7 @@ def test_the_notebooks_values():
     config = load_config(ROOT / "config.yaml")
     assert config["train"] == {"epochs": 100, "batch_size": 64, "learning_rate": 0.001, "optimizer": "adam",
                                "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0,
-                               "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0},
+                               "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0},
                                "shuffle": True, "seed": None, "precision": "auto", "jit_compile": "auto",
                                "distribute": "auto"}
     assert config["data"]["protocol"] == "notebook" and config["data"]["validation_split"] == 0.2

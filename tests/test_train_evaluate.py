@@ -68,6 +68,7 @@ def test_evaluate_matches_an_independent_computation(trained_run, synthetic_csv,
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert (tmp_path / "confusion_matrix.png").is_file()
+    assert (tmp_path / "mistakes.png").read_bytes()[:4] == b"\x89PNG"
     # Independently: the notebook's last cell, argmax of predict on PrivateTest against the true labels.
     import keras
 
@@ -180,3 +181,23 @@ def test_results_of_an_unfinished_run_keep_its_epochs(trained_run, tmp_path):
     assert "UNFINISHED, 3 of 6 epochs" in result.stdout
     assert not (tmp_path / "out" / "checkpoints.sha256").exists()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["epochs_done"] == 3
+
+
+def test_mistakes_shows_the_most_confident_wrong_answers(tmp_path):
+    faces = data.Faces(np.zeros((5, 48, 48), np.uint8), np.array([0, 1, 2, 3, 4], np.uint8), np.zeros(5, np.uint8))
+    probabilities = np.full((5, 7), 0.05, np.float32)
+    probabilities[0, 0] = 0.99  # right
+    probabilities[1, 3] = 0.60  # wrong, 60%
+    probabilities[2, 5] = 0.95  # wrong, 95%
+    probabilities[3, 3] = 0.90  # right
+    probabilities[4, 6] = 0.70  # wrong, 70%
+    worst = evaluate.plot_mistakes(faces, probabilities, tmp_path / "mistakes.png", count=2)
+    assert worst.tolist() == [2, 4]
+    assert (tmp_path / "mistakes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_data_preview_draws_faces_of_every_emotion_with_the_counts(synthetic_csv, tmp_path):
+    result = run_script("data.py", synthetic_csv, "--preview", tmp_path / "faces.png")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"wrote {tmp_path / 'faces.png'}" in result.stdout and "Happy" in result.stdout
+    assert (tmp_path / "faces.png").read_bytes()[:4] == b"\x89PNG"

@@ -115,10 +115,46 @@ def test_evaluate_tta_writes_predictions_that_recompute_the_accuracy(trained_run
         json.loads((run_dir / "metrics.json").read_text())["accuracy"])
 
 
+def test_a_crop_is_random_in_training_and_central_at_inference():
+    import keras
+
+    config = small_config(augment={"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 44})
+    network = model_lib.build_model(config)
+    assert network.input_shape == (None, 48, 48, 1)
+    crop = next(layer for layer in network.layers if isinstance(layer, keras.layers.CenterCrop))
+    images = faces(4)
+    cropped = keras.Sequential([layer for layer in network.layers[:network.layers.index(crop) + 1]])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(cropped(images, training=False)), images[:, 2:46, 2:46])
+    training = [keras.ops.convert_to_numpy(cropped(images, training=True)) for _ in range(4)]
+    windows = {(dy, dx) for dy in range(5) for dx in range(5)}
+    for crop_out in training:
+        assert crop_out.shape == (4, 44, 44, 1)
+        for face, image in zip(crop_out, images):  # each face its own window of the 48x48 image
+            assert any(np.array_equal(face, image[dy:dy + 44, dx:dx + 44]) for dy, dx in windows)
+    assert any(not np.array_equal(out, images[:, 2:46, 2:46]) for out in training)
+
+
+def test_tencrop_tta_averages_the_centre_and_corner_crops_and_their_mirrors():
+    config = small_config(augment={"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 44})
+    network = model_lib.build_model(config)
+    images = np.random.default_rng(3).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    crops = [images[:, top:top + 44, left:left + 44] for top, left in ((2, 2), (0, 0), (0, 4), (4, 0), (4, 4))]
+
+    def scored(crop):  # the network after its crop layer, on 44x44 faces
+        padded = np.pad(crop, ((0, 0), (2, 2), (2, 2)))  # the centre crop takes these 44x44 back out
+        return evaluate.predict_probabilities(network, padded)
+
+    expected = np.mean([scored(crop) + scored(crop[:, :, ::-1]) for crop in crops], axis=0) / 2
+    np.testing.assert_allclose(evaluate.predict_probabilities(network, images, tta="tencrop"), expected, rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(UserError, match="--tta tencrop needs a model that crops its input"):
+        evaluate.predict_probabilities(model_lib.build_model(small_config()), images, tta="tencrop")
+
+
 def test_the_improved_config_and_its_bad_values():
     config = load_config(ROOT / "configs/improved.yaml")
     assert config["data"]["protocol"] == "standard" and config["train"]["schedule"] == "cosine"
-    assert config["train"]["augment"] == {"flip": True, "shift": 0.1, "rotation": 10, "zoom": 0.1}
+    assert config["train"]["augment"] == {"flip": True, "shift": 0.1, "rotation": 10, "zoom": 0.1, "crop": 0}
     assert model_lib.build_model(config).count_params() == 9_014_727  # the notebook's network
     for override, message in (("train.augment.rotation=270", "must be in [0, 180]"),
                               ("train.label_smoothing=1", "must be in [0, 1)"),
