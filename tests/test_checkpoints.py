@@ -1,4 +1,4 @@
-"""Issue 8: the 2018 notebook's own files (Keras 2.1.6 model.json, save_weights .h5, whole-model .hd5) load,
+"""checkpoints.py: the 2018 notebook's own files (Keras 2.1.6 model.json, save_weights .h5, whole-model .hd5) load,
 evaluate, convert and fine-tune. The weights files are written here with h5py in Keras 2's layout from known
 arrays; the model.json is the author's published one (../shared/notebook/model.json; skipped without it)."""
 import copy

@@ -1,4 +1,4 @@
-"""Issue 5: colab.ipynb runs top to bottom in local mode, is committed without outputs, and data.py --download
+"""colab.ipynb runs top to bottom in local mode, is committed without outputs, and data.py --download
 fetches FER2013 through kagglehub (tested on a prepared kagglehub cache and an unreachable local endpoint,
 never the internet)."""
 import json

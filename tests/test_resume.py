@@ -1,4 +1,4 @@
-"""Issue 4: resumable training, atomic checkpoints, reproducible runs, clear errors for bad checkpoints and output."""
+"""resume.py and train.py: resumable training, atomic checkpoints, reproducible runs, clear errors for bad checkpoints and output."""
 import json
 import signal
 import subprocess

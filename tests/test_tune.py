@@ -1,4 +1,4 @@
-"""Issue 9: tune.py, a KerasTuner search whose trials are train.py runs: best.yaml, trials.csv, search.png,
+"""tune.py, a KerasTuner search whose trials are train.py runs: best.yaml, trials.csv, search.png,
 resuming, KerasTuner's distributed mode on loopback, and one-line errors for bad search files."""
 import json
 import os
