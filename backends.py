@@ -12,7 +12,7 @@ from common import UserError, native_stderr_held
 
 # TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX. On
 # AVX2-only CPUs (most laptops, and AMD EPYC before Zen 4) they train the notebook's network 1.5-1.9x faster than
-# TensorFlow's default Eigen kernels (2-core AMD EPYC, TF 2.21; README: Performance). Set before TensorFlow is
+# TensorFlow's default Eigen kernels (2-core AMD EPYC, TF 2.21; docs/performance.md). Set before TensorFlow is
 # first imported; TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps TensorFlow's own kernels.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
