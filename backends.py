@@ -134,6 +134,49 @@ def choose_distribution(setting):
     return "mirrored" if len(gpus()) > 1 else "none"
 
 
+def check_cluster_settings():
+    """The multi-machine settings the backend will read, checked first: a malformed TF_CONFIG or
+    KERAS_DISTRIBUTION_* is one UserError, not a traceback or a hang."""
+    if backend() == "tensorflow":
+        _check_tf_config(os.environ.get("TF_CONFIG", ""))
+        return
+    addresses = [a for a in os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES", "").split(",") if a.strip()]
+    where = "KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID"
+    try:
+        count = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", len(addresses)))
+        index = int(os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", ""))
+    except ValueError:
+        raise UserError(f"{where}: the process count and this process's id must be integers") from None
+    if not addresses or not all(_host_port(a) for a in addresses):
+        raise UserError(f"{where}: the job addresses must be host:port, comma-separated, got {addresses}")
+    if not 0 <= index < count:
+        raise UserError(f"{where}: process id {index} is not one of the {count} processes")
+
+
+def _host_port(address):
+    host, _, port = address.strip().rpartition(":")
+    return bool(host) and port.isdigit()
+
+
+def _check_tf_config(text):
+    import json
+
+    try:
+        spec = json.loads(text)
+        cluster, task = spec["cluster"], spec["task"]
+        members = cluster[task["type"]]
+        members = members if isinstance(members, list) else [members]
+        index = int(task.get("index", 0))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(f"TF_CONFIG is not a cluster description ({type(error).__name__}: {error}); expected "
+                        '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') from None
+    addresses = [a for role in cluster.values() for a in (role if isinstance(role, list) else [role])]
+    if not all(isinstance(a, str) and _host_port(a) for a in addresses):
+        raise UserError(f"TF_CONFIG: every cluster address must be host:port, got {addresses}")
+    if not 0 <= index < len(members):
+        raise UserError(f"TF_CONFIG: task {task['type']} {index} is not in the cluster ({len(members)} of them)")
+
+
 class Distribution:
     """Data parallelism for one run: a context to build and train the model in, and how many devices share
     each batch. The batch size stays the global batch size; the learning rate is not scaled."""
@@ -142,6 +185,8 @@ class Distribution:
         self.kind, self.devices, self.strategy = kind, [], None
         if kind == "none":
             return
+        if kind == "multi_worker":
+            check_cluster_settings()
         if backend() == "tensorflow":
             import tensorflow as tf
 

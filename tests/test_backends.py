@@ -9,7 +9,8 @@ import pytest
 import backends
 import synthetic
 import train
-from conftest import ROOT, make_rows, run_script, write_rows
+from common import UserError
+from conftest import ROOT, assert_user_error, make_rows, run_script, write_rows
 
 
 def test_auto_precision_follows_the_cpu(tmp_path, monkeypatch):
@@ -161,3 +162,40 @@ def test_jax_data_parallel_over_two_cpu_devices(tmp_path):
     assert "distribution mirrored over 2 devices" in result.stdout
     metrics = json.loads((tmp_path / "dp" / "metrics-last.json").read_text())
     assert metrics["n"] == 9 and sum(map(sum, metrics["confusion_matrix"])) == 9  # every test face scored once
+
+
+@pytest.mark.parametrize("tf_config, fragment", [
+    ("{not json", "TF_CONFIG is not a cluster description"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "TF_CONFIG is not a cluster description"),
+    ('{"cluster": {"worker": ["127.0.0.1"]}, "task": {"type": "worker", "index": 0}}', "must be host:port"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}', "task worker 1 is not in"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "chief", "index": 0}}', "not a cluster description"),
+])
+def test_a_malformed_tf_config_is_one_clear_error(tf_config, fragment):
+    with pytest.raises(UserError, match=fragment):
+        backends._check_tf_config(tf_config)
+    backends._check_tf_config('{"cluster": {"worker": ["127.0.0.1:1", "10.0.0.2:2"]}, "task": {"type": "worker", '
+                              '"index": 1}}')
+
+
+def test_malformed_jax_process_settings_are_one_clear_error(monkeypatch):
+    monkeypatch.setattr(backends, "backend", lambda: "jax")
+    good = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": "127.0.0.1:1,127.0.0.1:2", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+            "KERAS_DISTRIBUTION_PROCESS_ID": "1"}
+    for name, value in good.items():
+        monkeypatch.setenv(name, value)
+    backends.check_cluster_settings()
+    for name, value, fragment in (("KERAS_DISTRIBUTION_PROCESS_ID", "2", "process id 2 is not one of the 2"),
+                                  ("KERAS_DISTRIBUTION_NUM_PROCESSES", "two", "must be integers"),
+                                  ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "localhost", "must be host:port")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(UserError, match=fragment):
+            backends.check_cluster_settings()
+        monkeypatch.setenv(name, good[name])
+
+
+def test_train_with_a_bad_tf_config_stops_in_one_line_and_writes_nothing(tmp_path, synthetic_csv):
+    result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
+                        "--set", f"output.dir={tmp_path}", env={"TF_CONFIG": "{not json"})
+    assert_user_error(result, "TF_CONFIG is not a cluster description")
+    assert list(tmp_path.iterdir()) == []
