@@ -11,8 +11,8 @@ import data
 import evaluate
 import export
 import train
-from conftest import ROOT, assert_user_error, run_script
 from config import load_config
+from conftest import ROOT, assert_user_error, run_script
 from model import build_model
 
 FORMATS = {"model.onnx": "onnx", "model.tflite": "litert", "saved_model": "tf_saved_model"}
@@ -49,11 +49,11 @@ def mixed_precision_checkpoint(tmp_path_factory, synthetic_csv):
 
 
 @pytest.mark.parametrize("name", FORMATS)
-def test_each_format_answers_as_keras_does(trained_run, synthetic_csv, tmp_path, name):
+def test_each_format_answers_as_keras_does(trained_run, synthetic_csv, tmp_path, name, capsys):
     run_dir, _ = trained_run
-    result = run_script("export.py", run_dir / "best.keras", tmp_path / name)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"wrote {tmp_path / name}" in result.stdout and "largest probability gap" in result.stdout
+    assert export.main([str(run_dir / "best.keras"), str(tmp_path / name)]) == 0
+    output = capsys.readouterr().out
+    assert f"wrote {tmp_path / name}" in output and "largest probability gap" in output
     faces = _faces(synthetic_csv)
     expected = evaluate.predict_probabilities(checkpoints.load_checkpoint(str(run_dir / "best.keras")), faces.images)
     _assert_same_answers(expected, export.run_exported(str(tmp_path / name), FORMATS[name],
