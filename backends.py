@@ -153,6 +153,21 @@ def check_cluster_settings():
         raise UserError(f"{where}: process id {index} is not one of the {count} processes")
 
 
+def is_chief(kind):
+    """Whether this process writes the run directory: always, except in a multi-machine run (kind
+    multi_worker), where only the TF_CONFIG cluster's chief (or worker 0 without one), or JAX process 0, does."""
+    if kind != "multi_worker":
+        return True
+    check_cluster_settings()
+    if backend() == "tensorflow":
+        import json
+
+        spec = json.loads(os.environ["TF_CONFIG"])
+        first = "chief" if "chief" in spec["cluster"] else "worker"
+        return spec["task"]["type"] == first and int(spec["task"].get("index", 0)) == 0
+    return int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"]) == 0
+
+
 def _host_port(address):
     host, _, port = address.strip().rpartition(":")
     return bool(host) and port.isdigit()
@@ -200,7 +215,10 @@ class Distribution:
             if kind == "multi_worker":
                 keras.distribution.initialize()  # from KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID
             self.devices = list_devices()
-            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=self.devices))
+            distribution = keras.distribution.DataParallel(devices=self.devices)
+            if kind == "multi_worker":
+                distribution.auto_shard_dataset = False  # each process feeds its own share of every batch
+            keras.distribution.set_distribution(distribution)
         else:
             raise UserError(f"train.distribute={kind} needs the tensorflow or jax backend, not {backend()}")
 
@@ -218,6 +236,16 @@ def batch_multiple():
     multiple of it; 1 without a global Keras distribution (TensorFlow's strategies split unevenly)."""
     distribution = keras.distribution.distribution()
     return int(distribution.device_mesh.devices.size) if distribution is not None else 1
+
+
+def process_share():
+    """(this process's index, the process count): every batch is split between the processes of a multi-process
+    JAX run, each feeding its own rows; (0, 1) elsewhere."""
+    if backend() == "jax" and keras.distribution.distribution() is not None:
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    return 0, 1
 
 
 def prefetch_workers():

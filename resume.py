@@ -163,10 +163,14 @@ def random_state(model):
     return [keras.ops.convert_to_numpy(variable).tolist() for variable in _seed_generator_states(model)]
 
 
-def restore(model, run_dir, state):
-    """The model, its optimizer and dropout's random state as they were after the state's last epoch."""
+def remove_leftovers(run_dir):
+    """Temporary files of writes that a kill interrupted."""
     for leftover in glob.glob(os.path.join(run_dir, "*.writing*")):
         os.remove(leftover)
+
+
+def restore(model, run_dir, state):
+    """The model, its optimizer and dropout's random state as they were after the state's last epoch."""
     model.optimizer.build(model.trainable_variables)
     model.load_weights(os.path.join(run_dir, state["weights"]))
     for variable, value in zip(_seed_generator_states(model), state["random"], strict=True):

@@ -13,6 +13,7 @@ temporary name and renamed, so a kill at any instant leaves the previous good fi
 """
 import argparse
 import gc
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 
@@ -52,9 +54,10 @@ class Batches(keras.utils.PyDataset):
     `multiple` devices split each batch (JAX data parallelism), the last batch is cut to a multiple of them.
     """
 
-    def __init__(self, faces, batch_size, shuffle=False, seed=None, multiple=1, epoch=0, **kwargs):
+    def __init__(self, faces, batch_size, shuffle=False, seed=None, multiple=1, epoch=0, share=(0, 1), **kwargs):
         super().__init__(**kwargs)
         self.faces, self.batch_size, self.shuffle, self.multiple = faces, batch_size, shuffle, multiple
+        self.share = share
         self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
         self.epoch = epoch
         self.order = self._order()
@@ -71,6 +74,8 @@ class Batches(keras.utils.PyDataset):
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         rows = rows[:len(rows) - len(rows) % self.multiple]
+        index, count = self.share
+        rows = rows[index * len(rows) // count:(index + 1) * len(rows) // count]
         return data.to_float(self.faces.images[rows]), data.one_hot(self.faces.labels[rows])
 
     def on_epoch_end(self):
@@ -199,8 +204,12 @@ def save_exports(model, run_dir):
         model.save_weights(temporary)
 
 
-def score(run_dir, model, test):
+def score(run_dir, model, test, kind="none"):
     """The notebook's last cell (the final weights on the test split), and the best checkpoint beside them."""
+    if kind == "multi_worker":
+        print(f"scoring skipped in a multi-machine run: python evaluate.py --checkpoint {run_dir}/best.keras on one "
+              "machine scores it")
+        return {}
     results = {}
     best_path = os.path.join(run_dir, "best.keras")
     for name, candidate in (("last.keras", model), ("best.keras", best_path)):
@@ -300,7 +309,7 @@ def fit(model, config, callbacks, splits, state, shuffle_seed):
     if (state and state["training_over"]) or first_epoch >= options["epochs"]:
         return
     batches = dict(batch_size=options["batch_size"], multiple=backends.batch_multiple(),
-                   workers=backends.prefetch_workers())
+                   workers=backends.prefetch_workers(), share=backends.process_share())
     model.fit(Batches(splits[0], shuffle=options["shuffle"], seed=shuffle_seed, epoch=first_epoch, **batches),
               validation_data=Batches(splits[1], **batches), epochs=options["epochs"], initial_epoch=first_epoch,
               callbacks=callbacks, shuffle=False, verbose="auto" if sys.stdout.isatty() else 2)
@@ -312,10 +321,14 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
 
     Raises Interrupted on Ctrl-C / SIGTERM once the last completed epoch is safe on disk.
     """
-    state = resume_lib.read_state(resume_dir) if resume_dir else None
-    run_dir = resume_dir or plan_run_dir(config, config_path)
-    splits = prepare_data(config)
     options = config["train"]
+    kind = backends.choose_distribution(options["distribute"])
+    # One writer: in a multi-machine run only the chief writes the run directory; every other process writes to
+    # a folder of its own, removed at the end (as TensorFlow's multi-worker guide does).
+    writer = backends.is_chief(kind)
+    state = resume_lib.read_state(resume_dir) if resume_dir else None
+    run_dir = (resume_dir or plan_run_dir(config, config_path)) if writer else tempfile.mkdtemp(prefix="fer2013-worker-")
+    splits = prepare_data(config)
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
     # Without train.seed, the epochs' order still comes from one seed, drawn once and kept in state.json, so a
@@ -324,28 +337,47 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
         "shuffle_seed", int(np.random.SeedSequence().entropy % 2**32))
     precision, why = backends.choose_precision(options["precision"])
     keras.mixed_precision.set_global_policy(precision)
-    distribution = backends.Distribution(backends.choose_distribution(options["distribute"]))
+    distribution = backends.Distribution(kind)
     if options["batch_size"] % backends.batch_multiple():
         raise UserError(f"train.batch_size {options['batch_size']} cannot be split evenly over "
                         f"{backends.batch_multiple()} devices")
-    if not resume_dir:
+    if writer and not resume_dir:
         create_run_dir(run_dir)
+    elif writer:
+        resume_lib.remove_leftovers(run_dir)
     stop_on_signal, callbacks = resume_lib.StopOnSignal(), []
     try:
         with stop_on_signal:
             with distribution.scope():
-                model = make_model(config, run_dir, state, init_weights)
+                model = make_model(config, resume_dir or run_dir, state, init_weights)
             write_text(os.path.join(run_dir, "config.yaml"), dump(config))
             announce(model, run_dir, precision, why, distribution, state)
             callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, shuffle_seed)
             fit(model, config, callbacks, splits, state, shuffle_seed)
             save_exports(model, run_dir)
             plot_curves(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
-            if evaluate_after:
-                score(run_dir, model, splits[2])
+            if evaluate_after and writer:
+                score(run_dir, model, splits[2], kind)
     except BaseException as stop:
-        raise_stopped(stop, run_dir, resume_dir, resume_lib.epochs_done(callbacks, state), options["epochs"])
+        if not writer:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir = resume_dir or "the chief's run directory"
+        raise_stopped(stop, run_dir, resume_dir or not writer, resume_lib.epochs_done(callbacks, state),
+                      options["epochs"])
+    return finish(model, run_dir, kind, writer)
+
+
+def finish(model, run_dir, kind, writer):
+    """The run marked finished; in a multi-machine run every process prints its weights' checksum (they must all
+    agree), and a process other than the chief removes its own folder."""
     resume_lib.mark_finished(run_dir)
+    if kind == "multi_worker":
+        digest = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in model.get_weights())).hexdigest()
+        print(f"final weights sha256 {digest}")
+    if not writer:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print("worker done: the chief writes the run directory")
+        return None
     print(f"run directory: {run_dir}")
     return run_dir
 

@@ -199,3 +199,62 @@ def test_train_with_a_bad_tf_config_stops_in_one_line_and_writes_nothing(tmp_pat
                         "--set", f"output.dir={tmp_path}", env={"TF_CONFIG": "{not json"})
     assert_user_error(result, "TF_CONFIG is not a cluster description")
     assert list(tmp_path.iterdir()) == []
+
+
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_two_jax_processes_write_one_run_directory_and_resume_together(tmp_path, synthetic_csv):
+    """Two processes of keras.distribution on 127.0.0.1 sharing one output folder, both killed after epoch 1 and
+    resumed: one run directory with every epoch, the same final weights in both, nothing left elsewhere."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("jax")
+    addresses = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+    run_dir = tmp_path / "runs" / "mw"
+
+    def start(*args):
+        processes = []
+        for index in range(2):
+            (tmp_path / f"tmp{index}").mkdir(exist_ok=True)
+            env = {**os.environ, "KERAS_BACKEND": "jax", "KERAS_DISTRIBUTION_JOB_ADDRESSES": addresses,
+                   "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
+                   "TMPDIR": str(tmp_path / f"tmp{index}")}
+            processes.append(subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT,
+                                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        return processes
+
+    first = start("--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}", "--set", "data.limit=200",
+                  "--set", "train.epochs=2", "--set", "train.precision=float32", "--set", "train.seed=1",
+                  "--set", f"output.dir={tmp_path / 'runs'}", "--set", "output.name=mw", "--no-evaluate")
+    deadline = time.time() + 400
+    while not ((run_dir / "history.csv").exists() and len((run_dir / "history.csv").read_text().splitlines()) > 1):
+        assert time.time() < deadline and all(p.poll() is None for p in first), [p.communicate()[0][-3000:]
+                                                                                for p in first if p.poll() is not None]
+        time.sleep(0.2)
+    for process in first:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+    killed_leftovers = set((tmp_path / "tmp1").iterdir())  # a kill -9 leaves the worker no time to clean up
+    resumed = start("--resume", run_dir, "--no-evaluate")
+    outputs = [process.communicate(timeout=400)[0] for process in resumed]
+    assert [process.returncode for process in resumed] == [0, 0], [output[-3000:] for output in outputs]
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["mw"]
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]
+    assert json.loads((run_dir / "state.json").read_text())["finished"]
+    digests = [line for output in outputs for line in output.splitlines() if line.startswith("final weights sha256")]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert "resuming" in outputs[1] and "worker done" in outputs[1]
+    assert set((tmp_path / "tmp1").iterdir()) == killed_leftovers  # the resumed worker's own folder is gone
