@@ -200,8 +200,6 @@ class Distribution:
         self.kind, self.devices, self.strategy = kind, [], None
         if kind == "none":
             return
-        if kind == "multi_worker":
-            check_cluster_settings()
         if backend() == "tensorflow":
             import tensorflow as tf
 

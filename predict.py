@@ -55,8 +55,8 @@ class FaceFinder:
         image's own pixels; faces smaller than the cascade's 24-pixel window at that scale are not found."""
         scale = min(1.0, width / gray.shape[1]) if width else 1.0
         if scale < 1:
-            gray = import_cv2().resize(gray, (width, max(1, round(gray.shape[0] * scale))),
-                                       interpolation=import_cv2().INTER_AREA)
+            cv2 = import_cv2()
+            gray = cv2.resize(gray, (width, max(1, round(gray.shape[0] * scale))), interpolation=cv2.INTER_AREA)
         min_size = max(1, round(self.options["min_size"] * scale))
         boxes = self.cascade.detectMultiScale(gray, scaleFactor=self.options["scale_factor"],
                                               minNeighbors=self.options["min_neighbors"], minSize=(min_size, min_size))

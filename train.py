@@ -316,7 +316,8 @@ def fit(model, config, callbacks, splits, state, shuffle_seed):
 
 
 def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_weights=None):
-    """Run one training as the config says (or go on with the one in resume_dir); returns the run directory.
+    """Run one training as the config says (or go on with the one in resume_dir); returns the run directory
+    (None on a process of a multi-machine run that is not the chief).
     init_weights: (checkpoint, weights or None) to start from, instead of a random initialisation.
 
     Raises Interrupted on Ctrl-C / SIGTERM once the last completed epoch is safe on disk.
@@ -327,7 +328,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     # a folder of its own, removed at the end (as TensorFlow's multi-worker guide does).
     writer = backends.is_chief(kind)
     state = resume_lib.read_state(resume_dir) if resume_dir else None
-    run_dir = (resume_dir or plan_run_dir(config, config_path)) if writer else tempfile.mkdtemp(prefix="fer2013-worker-")
+    run_dir = (resume_dir or plan_run_dir(config, config_path)) if writer else None
     splits = prepare_data(config)
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
@@ -341,9 +342,11 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     if options["batch_size"] % backends.batch_multiple():
         raise UserError(f"train.batch_size {options['batch_size']} cannot be split evenly over "
                         f"{backends.batch_multiple()} devices")
-    if writer and not resume_dir:
+    if not writer:
+        run_dir = tempfile.mkdtemp(prefix="fer2013-worker-")
+    elif not resume_dir:
         create_run_dir(run_dir)
-    elif writer:
+    else:
         resume_lib.remove_leftovers(run_dir)
     stop_on_signal, callbacks = resume_lib.StopOnSignal(), []
     try:
