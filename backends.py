@@ -8,6 +8,8 @@ import contextlib
 import os
 import types
 
+import numpy as np
+
 from common import UserError, native_stderr_held
 
 # TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX. On
@@ -168,6 +170,73 @@ def is_chief(kind):
     return int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"]) == 0
 
 
+def cluster_roles():
+    """(the chief's host:port, the process count, this process's rank, 0 for the chief) of a multi-machine run,
+    from TF_CONFIG (chief, else worker 0; TensorFlow's chief and workers train) or KERAS_DISTRIBUTION_*."""
+    if backend() == "tensorflow":
+        import json
+
+        spec = json.loads(os.environ["TF_CONFIG"])
+        members = [(role, index, address) for role in ("chief", "worker")
+                   for index, address in enumerate(_as_list(spec["cluster"].get(role, [])))]
+        me = (spec["task"]["type"], int(spec["task"].get("index", 0)))
+        ranks = [(role, index) for role, index, _ in members]
+        return members[0][2], len(members), ranks.index(me) if me in ranks else -1
+    addresses = [a.strip() for a in os.environ["KERAS_DISTRIBUTION_JOB_ADDRESSES"].split(",") if a.strip()]
+    return (addresses[0], int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", len(addresses))),
+            int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"]))
+
+
+def meet_the_cluster(timeout):
+    """Every process checks in with the chief, at the chief's own address and port, before the backend connects
+    them: TensorFlow and JAX wait for a missing process in native code, with no timeout and beyond the reach of
+    Python's signals and timers, so a process that is not there would hang the others. The chief listens until
+    all have come, tells them to go on and lets go of the port, which the backend then takes; within `timeout`
+    seconds, or a UserError (one line, exit status 2)."""
+    import socket
+    import time
+
+    address, count, rank = cluster_roles()
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    missing = (f"train.distribute=multi_worker: not every process of the cluster came within {timeout:g} s "
+               "(train.cluster_timeout); start all of them, at addresses they can reach")
+    if count < 2:
+        return
+    if rank == 0:
+        with socket.create_server(("", int(port))) as server:
+            peers = []
+            while len(peers) < count - 1:
+                server.settimeout(max(deadline - time.monotonic(), 0.001))
+                try:
+                    peers.append(server.accept()[0])
+                except socket.timeout:
+                    raise UserError(f"{missing}: {len(peers) + 1} of {count} came, at the chief {address}") from None
+            for peer in peers:
+                peer.sendall(b"go")
+            for peer in peers:  # the others close first, so that the chief's port is free at once
+                peer.settimeout(max(deadline - time.monotonic(), 1))
+                with contextlib.suppress(OSError):
+                    peer.recv(1)
+                peer.close()
+        return
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1) as chief:
+                chief.settimeout(max(deadline - time.monotonic(), 0.001))
+                if chief.recv(2) == b"go":
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise UserError(f"{missing}: the chief {address} did not let this process (rank {rank}) go on")
+        time.sleep(0.2)
+
+
+def _as_list(members):
+    return members if isinstance(members, list) else [members]
+
+
 def _host_port(address):
     host, _, port = address.strip().rpartition(":")
     return bool(host) and port.isdigit()
@@ -192,26 +261,58 @@ def _check_tf_config(text):
         raise UserError(f"TF_CONFIG: task {task['type']} {index} is not in the cluster ({len(members)} of them)")
 
 
+def reduce_leaf_by_leaf(strategy):
+    """strategy.reduce for Keras's fit on MultiWorkerMirroredStrategy, which Keras 3.15 calls with a whole
+    (x, y) batch and with axis=0 on scalar metrics (keras-team/keras#20585): TensorFlow's reduce takes neither
+    a nest ("TODO: support value being a nest") nor axis=0 on a scalar. Each leaf is reduced alone, a scalar
+    across workers only."""
+    reduce_one = strategy.reduce
+
+    def reduce(reduce_op, value, axis=None):
+        def leaf(one):
+            rank = strategy.experimental_local_results(one)[0].shape.rank
+            return reduce_one(reduce_op, one, axis=None if rank == 0 else axis)
+
+        return keras.tree.map_structure(leaf, value)
+
+    return reduce
+
+
 class Distribution:
     """Data parallelism for one run: a context to build and train the model in, and how many devices share
-    each batch. The batch size stays the global batch size; the learning rate is not scaled."""
+    each batch. The batch size stays the global batch size; the learning rate is not scaled.
 
-    def __init__(self, kind):
+    `fresh_seed` is a random seed drawn once for the run: in a multi-machine run the chief's, handed to every
+    process by the backend, so that they shuffle alike. A multi-machine process that does not meet all the others
+    within `timeout` seconds stops in one line with exit status 2 (meet_the_cluster)."""
+
+    def __init__(self, kind, timeout=300):
         self.kind, self.devices, self.strategy = kind, [], None
+        self.fresh_seed = int(np.random.SeedSequence().entropy % 2**32)
         if kind == "none":
             return
+        if kind == "multi_worker":
+            meet_the_cluster(timeout)
         if backend() == "tensorflow":
             import tensorflow as tf
 
             if kind == "multi_worker":
                 self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
+                self.strategy.reduce = reduce_leaf_by_leaf(self.strategy)
+                per_replica = self.strategy.experimental_distribute_values_from_function(
+                    lambda context: tf.constant(self.fresh_seed if context.replica_id_in_sync_group == 0 else 0,
+                                                tf.int64))
+                self.fresh_seed = int(self.strategy.reduce("SUM", per_replica, axis=None))
             else:
                 devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
                 self.strategy = tf.distribute.MirroredStrategy(devices=[device.name for device in devices])
             self.devices = list(self.strategy.extended.worker_devices)
         elif backend() == "jax":
             if kind == "multi_worker":
+                from jax.experimental import multihost_utils
+
                 keras.distribution.initialize()  # from KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID
+                self.fresh_seed = int(multihost_utils.broadcast_one_to_all(np.uint32(self.fresh_seed)))
             self.devices = list_devices()
             distribution = keras.distribution.DataParallel(devices=self.devices)
             if kind == "multi_worker":
@@ -254,7 +355,8 @@ def prefetch_workers():
 
 def make_deterministic(seed):
     """Seed Python, NumPy and the backend, and ask for deterministic kernels where the backend offers them."""
-    keras.utils.set_random_seed(seed)
+    with native_stderr_held():  # on other backends it imports TensorFlow too, if installed, to seed it
+        keras.utils.set_random_seed(seed)
     if backend() == "tensorflow":
         import tensorflow as tf
 
@@ -289,11 +391,29 @@ def fuse_batch_normalization(model):
     BatchNormalization and load anywhere, on any backend."""
     if keras.backend.backend() != "tensorflow":
         return model
+    import tensorflow as tf
+
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.call = types.MethodType(_synchronized_batch_normalization, layer)
+        return model
     for layer in model.layers:
         if (type(layer) is keras.layers.BatchNormalization and len(layer.input.shape) == 4 and layer.axis in (-1, 3)
                 and layer.center and layer.scale and not layer.renorm and not layer.synchronized):
             layer.call = types.MethodType(_fused_batch_normalization, layer)
     return model
+
+
+def _synchronized_batch_normalization(layer, inputs, training=None, mask=None):
+    """Keras's own call with synchronized=True: under a TensorFlow strategy of several replicas, the batch
+    statistics (and so the moving ones) are those of the global batch, the same on every replica and worker, as
+    on one device. Set for the call only, so that checkpoints keep synchronized=False and load on any backend."""
+    layer.synchronized = True
+    try:
+        return type(layer).call(layer, inputs, training=training, mask=mask)
+    finally:
+        layer.synchronized = False
 
 
 def _fused_batch_normalization(layer, inputs, training=None, mask=None):

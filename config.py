@@ -42,6 +42,7 @@ DEFAULTS = {
         "precision": "auto",
         "jit_compile": "auto",
         "distribute": "auto",
+        "cluster_timeout": 300,
     },
     "callbacks": {
         "reduce_lr": {"monitor": "val_loss", "factor": 0.9, "patience": 3},
@@ -59,6 +60,7 @@ TYPES = {
     "data.cache_dir": (str, type(None)),
     "train.seed": (int, type(None)),
     "train.jit_compile": (bool, str),
+    "train.cluster_timeout": (int, float),
     "output.name": (str, type(None)),
     "predict.video_detect_width": (int, type(None)),
 }
@@ -241,6 +243,7 @@ def validate(config):
             "train.learning_rate", "must be > 0")
     require(0 <= config["train"]["warmup_epochs"] < config["train"]["epochs"], "train.warmup_epochs",
             "must be >= 0 and below train.epochs")
+    require(config["train"]["cluster_timeout"] > 0, "train.cluster_timeout", "must be > 0 (seconds)")
     require(0 <= config["train"]["label_smoothing"] < 1, "train.label_smoothing", "must be in [0, 1)")
     for key, most in (("shift", 0.5), ("rotation", 180), ("zoom", 0.5)):
         require(0 <= config["train"]["augment"][key] <= most, f"train.augment.{key}", f"must be in [0, {most}]")

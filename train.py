@@ -332,13 +332,13 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     splits = prepare_data(config)
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
-    # Without train.seed, the epochs' order still comes from one seed, drawn once and kept in state.json, so a
-    # resumed run visits the faces in the order the uninterrupted one would have.
-    shuffle_seed = options["seed"] if options["seed"] is not None else (state or {}).get(
-        "shuffle_seed", int(np.random.SeedSequence().entropy % 2**32))
     precision, why = backends.choose_precision(options["precision"])
     keras.mixed_precision.set_global_policy(precision)
-    distribution = backends.Distribution(kind)
+    distribution = backends.Distribution(kind, options["cluster_timeout"])
+    # Without train.seed, the epochs' order still comes from one seed, drawn once (by the chief, in a
+    # multi-machine run) and kept in state.json, so a resumed run visits the faces as the uninterrupted one would.
+    shuffle_seed = options["seed"] if options["seed"] is not None else (state or {}).get(
+        "shuffle_seed", distribution.fresh_seed)
     if options["batch_size"] % backends.batch_multiple():
         raise UserError(f"train.batch_size {options['batch_size']} cannot be split evenly over "
                         f"{backends.batch_multiple()} devices")
@@ -367,16 +367,16 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
             run_dir = resume_dir or "the chief's run directory"
         raise_stopped(stop, run_dir, resume_dir or not writer, resume_lib.epochs_done(callbacks, state),
                       options["epochs"])
-    return finish(model, run_dir, kind, writer)
+    return finish(model, run_dir, kind, writer, shuffle_seed)
 
 
-def finish(model, run_dir, kind, writer):
-    """The run marked finished; in a multi-machine run every process prints its weights' checksum (they must all
-    agree), and a process other than the chief removes its own folder."""
+def finish(model, run_dir, kind, writer, shuffle_seed):
+    """The run marked finished; in a multi-machine run every process prints its weights' checksum and its
+    shuffling seed (they must all agree), and a process other than the chief removes its own folder."""
     resume_lib.mark_finished(run_dir)
     if kind == "multi_worker":
         digest = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in model.get_weights())).hexdigest()
-        print(f"final weights sha256 {digest}")
+        print(f"final weights sha256 {digest}, shuffle seed {shuffle_seed}")
     if not writer:
         shutil.rmtree(run_dir, ignore_errors=True)
         print("worker done: the chief writes the run directory")

@@ -20,7 +20,7 @@ def test_the_notebooks_values():
                                "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0,
                                "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0},
                                "shuffle": True, "seed": None, "precision": "auto", "jit_compile": "auto",
-                               "distribute": "auto"}
+                               "distribute": "auto", "cluster_timeout": 300}
     assert config["data"]["protocol"] == "notebook" and config["data"]["validation_split"] == 0.2
     assert config["model"]["l2"] == 0.01 and config["model"]["dropout"] == 0.5
     assert config["callbacks"]["reduce_lr"] == {"monitor": "val_loss", "factor": 0.9, "patience": 3}
