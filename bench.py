@@ -16,7 +16,9 @@ the median of --repeat processes. Speeds are the best of 3 timed segments after 
 cores it kept busy (CPU time / wall time): a figure far below the core count was held back by the machine, not
 by the code, and is worth measuring again. Speed figures take turns over --rounds rounds, so that a slow spell of
 the machine does not fall on one figure only. Prints a table, then one JSON line per figure, with ratios against
-the notebook's way.
+the notebook's way. Training and inference figures also give their TFLOP/s, the share of the peak estimated from
+the CPU's flags, cores and stated clock, and the share of a measured reference: the backend's own 2048x2048
+matrix multiply in the same precision.
 
 `precision` is the accuracy check behind train.precision's auto choice: the demo's network (configs/demo.yaml) trained
 on the tests' 2,000 synthetic faces, once per seed and precision, each in a fresh process, scored on their
@@ -138,16 +140,18 @@ def training_flops_per_image(model):
     return 3 * forward_flops_per_image(model)
 
 
-def peak_flops(precision, flags, cores, ghz, vendor=""):
+def peak_flops(precision, flags, cores, ghz, vendor="", family=0):
     """(An estimate of the CPU's peak FLOP/s for the precision's convolution arithmetic, how it was reckoned).
 
-    float32: two FMA units per core, 16 lanes with AVX-512 on Intel, 8 with AVX2 (and AVX-512 on AMD, whose Zen 4
-    runs it on 256-bit units). bfloat16: AMX's tile multiply, 1,024 FLOP per cycle per core; else AVX512_BF16's
-    dot products, twice float32's rate; without either, float32's. Anything else (float16 on a CPU): float32's.
+    float32: two FMA units per core, 16 lanes with AVX-512 on Intel and on AMD's Zen 5 (CPU family 26) and later,
+    8 with AVX2 and with AVX-512 on Zen 4 (family 25), which runs it on 256-bit units. bfloat16: AMX's tile
+    multiply, 1,024 FLOP per cycle per core; else AVX512_BF16's dot products, twice float32's rate; without
+    either, float32's. Anything else (float16 on a CPU): float32's.
     """
     if not cores or not ghz:
         return None, "clock or core count unknown"
-    lanes = 16 if "avx512f" in flags and vendor != "AuthenticAMD" else 8 if {"avx2", "fma"} <= flags else 4
+    wide = "avx512f" in flags and (vendor != "AuthenticAMD" or family >= 26)
+    lanes = 16 if wide else 8 if {"avx2", "fma"} <= flags else 4
     per_cycle, how = 2 * 2 * lanes, f"2 FMA units x {lanes} float32 lanes"
     if precision == "mixed_bfloat16":
         if "amx_bf16" in flags:
@@ -186,6 +190,25 @@ def measure_train(how, path, precision, steps, batch_size):
                       per_segment * batch_size) for segment in range(SEGMENTS)]
     return {**best_of(segments), "timed_steps": per_segment * SEGMENTS, "timed_since_ms": timed_since_ms,
             "flops_per_image": training_flops_per_image(model)}
+
+
+def measure_gemm(precision, size=2048, repeats=8):
+    """FLOP/s of the backend's own matrix multiply on square matrices in the precision's compute dtype: a measured
+    reference beside the estimated peak, whose clock (the one the CPU states) can be below the one it runs at.
+    Not a ceiling: tuned convolution kernels can beat the backend's matmul."""
+    import keras
+
+    dtype = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}.get(precision, "float32")
+    a = keras.random.normal((size, size), dtype=dtype)
+    keras.ops.convert_to_numpy(keras.ops.matmul(a, a))
+    best = 0.0
+    for _ in range(SEGMENTS):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            product = keras.ops.matmul(a, a)
+        keras.ops.convert_to_numpy(product)
+        best = max(best, 2 * size ** 3 * repeats / (time.perf_counter() - started))
+    return {"flops": best}
 
 
 def timed(job, images):
@@ -330,6 +353,8 @@ def child_main(argv):
     elif job == "load":
         path, cache_dir = rest
         result = measure_load(how, path, cache_dir)
+    elif job == "gemm":
+        result = measure_gemm(how)
     elif job == "train":
         path, precision, steps, batch_size = rest
         result = measure_train(how, path, precision, int(steps), int(batch_size))
@@ -395,13 +420,18 @@ def bench_images_per_second(job, path, precisions, rounds, *sizes):
     import backends
 
     vendor, flags = backends.cpuinfo_field("vendor_id") or "", backends.cpu_flags()
+    family = int(backends.cpuinfo_field("cpu family") or 0)
     ghz = float(backends.cpuinfo_field("cpu MHz") or 0) / 1000  # the stated clock: nominal on virtual machines
     for figure in figures:
         figure["tflops"] = figure["images_per_second"] * figure["flops_per_image"] / 1e12
         peak, how = (None, "a GPU") if backends.gpus() else peak_flops(
-            figure["precision"], flags, len(os.sched_getaffinity(0)), ghz, vendor)
+            figure["precision"], flags, len(os.sched_getaffinity(0)), ghz, vendor, family)
         if peak:
             figure.update(peak_tflops=peak / 1e12, share_of_peak=figure["tflops"] * 1e12 / peak, peak_reckoned=how)
+    gemm = {precision: in_child("gemm", precision)[0]["flops"] for precision in {f["precision"] for f in figures}}
+    for figure in figures:
+        figure.update(gemm_tflops=gemm[figure["precision"]] / 1e12,
+                      share_of_gemm=figure["tflops"] * 1e12 / gemm[figure["precision"]])
     notebook = figures[0]["images_per_second"]
     for figure in figures[1:]:
         figure["speedup_vs_notebook"] = figure["images_per_second"] / notebook
@@ -508,7 +538,7 @@ def bench_video(precisions, frames):
 
 def print_table(figures):
     print(f"{'bench':<8} {'what':<36} {'seconds':>9} {'peak MiB':>9} {'per s':>9} {'x notebook':>10} {'cores':>6}"
-          f" {'TFLOP/s':>8} {'of peak':>8}")
+          f" {'TFLOP/s':>8} {'of peak':>8} {'of GEMM':>8}")
     for f in figures:
         seconds = f"{f['seconds']:.3f}" if "seconds" in f and "images_per_second" not in f else ""  # video: its loop
         peak = f"{f['peak_mib']:.0f}" if "peak_mib" in f else ""
@@ -518,11 +548,15 @@ def print_table(figures):
         cores = f"{f['cpu_cores']:.2f}" if "cpu_cores" in f else ""
         tflops = f"{f['tflops']:.3f}" if "tflops" in f else ""
         share = f"{f['share_of_peak']:.0%}" if "share_of_peak" in f else ""
+        of_gemm = f"{f['share_of_gemm']:.0%}" if "share_of_gemm" in f else ""
         print(f"{f['bench']:<8} {f['what']:<36} {seconds:>9} {peak:>9} {rate:>9} {ratio:>10} {cores:>6} {tflops:>8} "
-              f"{share:>8}")
+              f"{share:>8} {of_gemm:>8}")
     reckoned = {f["precision"]: (f["peak_tflops"], f["peak_reckoned"]) for f in figures if "peak_reckoned" in f}
     for precision, (peak, how) in reckoned.items():
         print(f"peak estimate, {precision}: {peak:.3f} TFLOP/s = {how}")
+    gemms = {f["precision"]: f["gemm_tflops"] for f in figures if "gemm_tflops" in f}
+    for precision, tflops in gemms.items():
+        print(f"measured reference, {precision}: {tflops:.3f} TFLOP/s, the backend's 2048x2048 matrix multiply")
 
 
 @exit_on_user_error

@@ -89,8 +89,8 @@ def parts(run_dir, history):
     found = []
     for index, start in enumerate(starts):
         first, end = firsts[index], (firsts[index + 1] if index + 1 < len(firsts) else len(history))
-        part = {key: start.get(key) for key in ("started", "commit", "cpu", "cpu_bfloat16", "precision", "onednn",
-                                                "devices", "environment_variables")}
+        part = {key: start.get(key) for key in ("started", "commit", "cpu", "cpu_family_model", "cpu_bfloat16",
+                                                "precision", "onednn", "devices", "environment_variables")}
         if first is not None and end is not None and end >= first:
             part["epochs"] = [first + 1, end] if end > first else []
             if seconds is not None and end > first:

@@ -248,6 +248,8 @@ def environment(precision, why, model, distribution):
         commit = None
     return {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": commit,
             "python": platform.python_version(), "platform": platform.platform(), "cpu": backends.cpu_model(),
+            "cpu_family_model": "/".join(filter(None, (backends.cpuinfo_field(key) for key in ("cpu family", "model"))))
+            or None, "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "cpu_bfloat16": sorted({"avx512_bf16", "amx_bf16"} & backends.cpu_flags()), "versions": versions,
             "backend": backends.backend(), "devices": backends.describe_devices(), "onednn": backends.onednn_enabled(),
             "precision": precision, "precision_reason": why, "jit_compile": bool(model.jit_compile),
