@@ -129,6 +129,7 @@ def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
     jax = {"KERAS_BACKEND": "jax"}
     result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
                         "--set", "data.limit=600", "--set", "train.epochs=2", "--set", "train.precision=float32",
+                        "--set", "model.filters=[4, 8]", "--set", "model.dense=[16]",  # little for XLA to compile
                         "--set", f"output.dir={tmp_path}", "--set", "output.name=jax", env=jax)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "backend jax" in result.stdout
@@ -156,6 +157,7 @@ def test_jax_data_parallel_over_two_cpu_devices(tmp_path):
     env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={source}",
                         "--set", "data.protocol=standard", "--set", "train.epochs=1", "--set", "train.batch_size=8",
+                        "--set", "model.filters=[4]", "--set", "model.dense=[8]",
                         "--set", "train.distribute=mirrored", "--set", f"output.dir={tmp_path}",
                         "--set", "output.name=dp", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -247,6 +249,7 @@ def test_two_processes_write_one_run_directory_and_resume_together(backend, tmp_
 
     # No train.seed: the chief's fresh shuffling seed must reach the other worker.
     first = start("--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}", "--set", "data.limit=200",
+                  "--set", "model.filters=[4]", "--set", "model.dense=[8]",  # little for XLA to compile
                   "--set", "train.epochs=2", "--set", "train.precision=float32", "--set", "train.seed=null",
                   "--set", f"output.dir={tmp_path / 'runs'}", "--set", "output.name=mw", "--no-evaluate")
     deadline = time.time() + 400
@@ -271,8 +274,7 @@ def test_two_processes_write_one_run_directory_and_resume_together(backend, tmp_
     assert set((tmp_path / "tmp1").iterdir()) == killed_leftovers  # the resumed worker's own folder is gone
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("backend, index", [("tensorflow", 0), ("jax", 1)])  # the chief alone, a worker alone
 def test_a_worker_alone_stops_in_one_line_after_the_cluster_timeout(backend, index, tmp_path, synthetic_csv):
     pytest.importorskip(backend)
     result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
