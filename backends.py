@@ -161,13 +161,7 @@ def is_chief(kind):
     if kind != "multi_worker":
         return True
     check_cluster_settings()
-    if backend() == "tensorflow":
-        import json
-
-        spec = json.loads(os.environ["TF_CONFIG"])
-        first = "chief" if "chief" in spec["cluster"] else "worker"
-        return spec["task"]["type"] == first and int(spec["task"].get("index", 0)) == 0
-    return int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"]) == 0
+    return cluster_roles()[2] == 0
 
 
 def cluster_roles():
@@ -197,12 +191,12 @@ def meet_the_cluster(timeout):
     import time
 
     address, count, rank = cluster_roles()
+    if count < 2:
+        return
     host, _, port = address.rpartition(":")
     deadline = time.monotonic() + timeout
     missing = (f"train.distribute=multi_worker: not every process of the cluster came within {timeout:g} s "
                "(train.cluster_timeout); start all of them, at addresses they can reach")
-    if count < 2:
-        return
     if rank == 0:
         with socket.create_server(("", int(port))) as server:
             peers = []
@@ -248,13 +242,12 @@ def _check_tf_config(text):
     try:
         spec = json.loads(text)
         cluster, task = spec["cluster"], spec["task"]
-        members = cluster[task["type"]]
-        members = members if isinstance(members, list) else [members]
+        members = _as_list(cluster[task["type"]])
         index = int(task.get("index", 0))
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise UserError(f"TF_CONFIG is not a cluster description ({type(error).__name__}: {error}); expected "
                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') from None
-    addresses = [a for role in cluster.values() for a in (role if isinstance(role, list) else [role])]
+    addresses = [a for role in cluster.values() for a in _as_list(role)]
     if not all(isinstance(a, str) and _host_port(a) for a in addresses):
         raise UserError(f"TF_CONFIG: every cluster address must be host:port, got {addresses}")
     if not 0 <= index < len(members):
