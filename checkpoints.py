@@ -3,6 +3,7 @@ Keras 2 files (model.json with save_weights HDF5, or a whole-model .h5/.hdf5/.hd
 as they are; and copying one network's weights into another.
 
     python checkpoints.py --convert model.json model.h5 out.keras    # the notebook's own files as a .keras file
+    python checkpoints.py --ship runs/<run>/best.keras models/fer2013-<name>.keras [--data fer2013.csv]
 """
 import argparse
 import contextlib
@@ -356,12 +357,92 @@ def convert(json_path, weights_path, out_path):
     return model
 
 
+def _float32_config(value):
+    """A model config with every layer's dtype policy made float32 (a mixed_bfloat16 run computes in bfloat16)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "DTypePolicy":
+            return {**value, "config": {**value["config"], "name": "float32"}}
+        return {key: _float32_config(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_float32_config(item) for item in value]
+    return value
+
+
+def _float16_weights(source_h5, out_h5):
+    """Copy a Keras weights file, storing float32 arrays as float16. Keras casts them back to its float32
+    variables on loading, on every backend."""
+    import h5py
+
+    def copy(source, target):
+        target.attrs.update(source.attrs)
+        for name, item in source.items():
+            if isinstance(item, h5py.Group):
+                copy(item, target.create_group(name))
+                continue
+            array = item[()]
+            target.create_dataset(name, data=array.astype(np.float16) if array.dtype == np.float32 else array)
+            target[name].attrs.update(item.attrs)
+
+    with h5py.File(source_h5, "r") as source, h5py.File(out_h5, "w") as target:
+        copy(source, target)
+
+
+def ship(checkpoint, out_path, images):
+    """`checkpoint` as a model to ship: float32 computation whatever precision it trained in (bfloat16 is slow or
+    missing on many CPUs), no optimizer state, and weights stored as float16, which halves the file (18 MB for the
+    notebook's network). Returns (the shipped model's argmax agreement with the checkpoint on `images`, uint8
+    faces; the largest probability gap)."""
+    import tempfile
+
+    model = load_checkpoint(checkpoint)
+    plain = type(model).from_config(_float32_config(model.get_config()))
+    plain.set_weights(model.get_weights())
+    with tempfile.TemporaryDirectory() as folder:
+        full = os.path.join(folder, "float32.keras")
+        plain.save(full)
+        with zipfile.ZipFile(full) as archive:
+            archive.extractall(os.path.join(folder, "parts"))
+        weights = os.path.join(folder, "parts", "model.weights.h5")
+        _float16_weights(weights, weights + ".half")
+        os.replace(weights + ".half", weights)
+        with replaced_atomically(out_path) as temporary:
+            with zipfile.ZipFile(temporary, "w") as archive:  # stored, as Keras writes them
+                for name in sorted(os.listdir(os.path.join(folder, "parts"))):
+                    archive.write(os.path.join(folder, "parts", name), name)
+    shipped = load_checkpoint(out_path)
+    faces = data.to_float(images)
+    before, after = (keras.ops.convert_to_numpy(net.predict(faces, batch_size=256, verbose=0)) for net in (model, shipped))
+    return float(np.mean(before.argmax(1) == after.argmax(1))), float(np.abs(before - after).max())
+
+
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Convert the notebook's Keras 2 files to a .keras file.")
-    parser.add_argument("--convert", nargs=3, required=True, metavar=("MODEL_JSON", "WEIGHTS_H5", "OUT_KERAS"),
-                        help="write the notebook's model.json + Keras 2 weights as a .keras file")
+    parser = argparse.ArgumentParser(description="Convert the notebook's Keras 2 files to a .keras file, or make a "
+                                                 "checkpoint fit to ship in models/.")
+    jobs = parser.add_mutually_exclusive_group(required=True)
+    jobs.add_argument("--convert", nargs=3, metavar=("MODEL_JSON", "WEIGHTS_H5", "OUT_KERAS"),
+                      help="write the notebook's model.json + Keras 2 weights as a .keras file")
+    jobs.add_argument("--ship", nargs=2, metavar=("CHECKPOINT", "OUT_KERAS"),
+                      help="write CHECKPOINT computing in float32 with float16-stored weights and no optimizer, and "
+                           "print how often it agrees with CHECKPOINT")
+    parser.add_argument("--data", help="--ship: compare on this fer2013.csv's PublicTest faces (default: 2,000 "
+                                       "synthetic faces)")
     args = parser.parse_args(argv)
+    if args.ship:
+        checkpoint, out_path = args.ship
+        if not out_path.endswith(".keras"):
+            raise UserError(f"{out_path}: the output must be a .keras file")
+        if args.data:
+            faces = data.read_faces(args.data)
+            images, where = faces.images[faces.usage == data.USAGES.index("PublicTest")], f"{args.data} PublicTest"
+        else:
+            from synthetic import make_synthetic
+
+            images, where = make_synthetic(2000, seed=3).images, "2,000 synthetic faces"
+        agreement, gap = ship(checkpoint, out_path, images)
+        print(f"wrote {out_path} ({os.path.getsize(out_path) / 1e6:.1f} MB): the same top emotion as {checkpoint} on "
+              f"{agreement:.2%} of {where}, probabilities within {gap:.4f}")
+        return 0
     json_path, weights_path, out_path = args.convert
     for path in (json_path, weights_path):
         if not os.path.isfile(path):

@@ -199,3 +199,55 @@ def test_the_shipped_model_is_the_default_checkpoint(tmp_path, trained_run, caps
                 script.main(args)
             assert stopped.value.code == 2
             assert "no --checkpoint given" in capsys.readouterr().err
+
+
+def test_ship_makes_a_float32_model_with_half_size_weights_that_loads_on_every_backend(tmp_path, trained_run,
+                                                                                       synthetic_csv):
+    import keras
+    import h5py
+    import zipfile
+
+    run_dir, _ = trained_run
+    # A checkpoint that computes in bfloat16, as a mixed_bfloat16 run writes it.
+    config = copy.deepcopy(DEFAULTS)
+    config["model"].update(filters=[8, 16], dense=[16])
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(3)
+        mixed = model_lib.build_model(config)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed.save(tmp_path / "mixed.keras")
+    faces = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    checkpoints.ship(str(tmp_path / "mixed.keras"), str(tmp_path / "shipped.keras"), faces)
+    shipped = checkpoints.load_checkpoint(str(tmp_path / "shipped.keras"))
+    assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
+    with zipfile.ZipFile(tmp_path / "shipped.keras") as archive, archive.open("model.weights.h5") as stored:
+        with h5py.File(stored) as weights:
+            kinds = set()
+            weights.visititems(lambda name, item: kinds.add(item.dtype) if isinstance(item, h5py.Dataset) else None)
+    assert kinds == {np.dtype(np.float16)}
+    # Its answers are the mixed model's weights, rounded to float16, computed in float32.
+    rounded = model_lib.build_model(config)
+    rounded.set_weights([w.astype(np.float16).astype(np.float32) for w in mixed.get_weights()])
+    np.testing.assert_allclose(shipped.predict(faces[..., None] / 255, verbose=0),
+                               rounded.predict(faces[..., None] / 255, verbose=0), atol=1e-6)
+
+    # A trained float32 run, through the command line: about half the file, the same answers.
+    out = tmp_path / "fer2013-demo.keras"
+    result = run_script("checkpoints.py", "--ship", run_dir / "best.keras", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the same top emotion as" in result.stdout and "100.00% of 2,000 synthetic faces" in result.stdout
+    assert out.stat().st_size < 0.6 * (run_dir / "best.keras").stat().st_size
+    scores = {}
+    for backend in ("tensorflow", "jax"):
+        if backend == "jax":
+            pytest.importorskip("jax")
+        scored = run_script("evaluate.py", "--checkpoint", out, "--data", synthetic_csv, "--out", tmp_path / backend,
+                            env={"KERAS_BACKEND": backend})
+        assert scored.returncode == 0, scored.stderr[-3000:]
+        scores[backend] = json.loads((tmp_path / backend / "metrics-fer2013-demo.json").read_text())["accuracy"]
+    original = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
+    assert all(abs(score - original) <= 0.005 for score in scores.values()), (scores, original)
+    assert_user_error(run_script("checkpoints.py", "--ship", run_dir / "best.keras", tmp_path / "x.h5"),
+                      "must be a .keras file")
