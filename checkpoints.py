@@ -409,9 +409,9 @@ def ship(checkpoint, out_path, images):
             with zipfile.ZipFile(temporary, "w") as archive:  # stored, as Keras writes them
                 for name in sorted(os.listdir(os.path.join(folder, "parts"))):
                     archive.write(os.path.join(folder, "parts", name), name)
-    shipped = load_checkpoint(out_path)
-    faces = data.to_float(images)
-    before, after = (keras.ops.convert_to_numpy(net.predict(faces, batch_size=256, verbose=0)) for net in (model, shipped))
+    from evaluate import predict_probabilities  # evaluate.py imports this module: imported here, not at the top
+
+    before, after = (predict_probabilities(net, images) for net in (model, load_checkpoint(out_path)))
     return float(np.mean(before.argmax(1) == after.argmax(1))), float(np.abs(before - after).max())
 
 
@@ -433,8 +433,9 @@ def main(argv=None):
         if not out_path.endswith(".keras"):
             raise UserError(f"{out_path}: the output must be a .keras file")
         if args.data:
-            faces = data.read_faces(args.data)
-            images, where = faces.images[faces.usage == data.USAGES.index("PublicTest")], f"{args.data} PublicTest"
+            from evaluate import load_split
+
+            images, where = load_split(args.data, "PublicTest").images, f"{args.data} PublicTest"
         else:
             from synthetic import make_synthetic
 
