@@ -152,8 +152,11 @@ def plot_against_notebook(history, notebook, summary, path):
         for epoch in MILESTONES:
             if epoch <= len(table):
                 value = float(table["val_accuracy"].iloc[epoch - 1])
+                others = [float(other["val_accuracy"].iloc[epoch - 1]) for _, other, _ in runs
+                          if other is not table and epoch <= len(other)]
+                above = all(value >= other for other in others)  # the higher curve's label above, the other's below
                 accuracy.plot([epoch], [value], "o", color=colour, ms=4)
-                accuracy.annotate(f"{value:.3f}", (epoch, value), xytext=(-10, 8 if colour == "tab:blue" else -14),
+                accuracy.annotate(f"{value:.3f}", (epoch, value), xytext=(-10, 8 if above else -14),
                                   textcoords="offset points", color=colour, fontsize=8)
     scores = [f"{summary['epochs_done']} of {summary['epochs']} epochs"]
     for key, label in (("final_weights_PrivateTest_accuracy", "final weights"),
