@@ -4,9 +4,12 @@ as they are; and copying one network's weights into another.
 
     python checkpoints.py --convert model.json model.h5 out.keras    # the notebook's own files as a .keras file
     python checkpoints.py --ship runs/<run>/best.keras models/fer2013-<name>.keras [--data fer2013.csv]
+
+--ship also writes models/README.md beside the model: how it was made (from its run directory) and what it scored.
 """
 import argparse
 import contextlib
+import glob
 import json
 import os
 import sys
@@ -16,7 +19,7 @@ import numpy as np
 
 import backends  # noqa: F401  (starts the backend quietly: see backends.py)
 import data
-from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically
+from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically, write_text
 from config import DEFAULTS
 from model import build_model
 
@@ -415,6 +418,68 @@ def ship(checkpoint, out_path, images):
     return float(np.mean(before.argmax(1) == after.argmax(1))), float(np.abs(before - after).max())
 
 
+CARD_MARK = "<!-- written by checkpoints.py --ship; written again by the next --ship -->"
+FER2013_TERMS = ("The model learned from FER2013 (Goodfellow et al., 2013, \"Challenges in Representation Learning\", "
+                 "ICML 2013 workshop; the Kaggle competition of the same name), so FER2013's own terms apply to it as "
+                 "they apply to the data: read them before any use beyond research. FER2013 itself is not in this "
+                 "repository.")
+
+
+def write_model_card(checkpoint, out_path, agreement):
+    """README.md beside the shipped model: how it was made (config, commits, hours, CPUs, from the run directory
+    the checkpoint came from) and what it scored. Returns its path, or None where that folder has a README.md of
+    its own, which is never overwritten."""
+    import results
+    from config import flatten, load_config
+
+    card_path = os.path.join(os.path.dirname(os.path.abspath(out_path)), "README.md")
+    if os.path.exists(card_path):
+        with open(card_path, encoding="utf-8") as f:
+            if f.readline().strip() != CARD_MARK:
+                return None
+    run_dir = os.path.dirname(os.path.abspath(checkpoint))
+    name = os.path.basename(out_path)
+    lines = [CARD_MARK, f"# {name}", "",
+             f"`python checkpoints.py --ship {checkpoint} {out_path}`: {agreement}. It computes in float32 and stores "
+             "its weights as float16; it takes 48x48x1 faces scaled to [0, 1] and answers the probabilities of "
+             f"{', '.join(data.EMOTIONS)}. evaluate.py and predict.py use it when no --checkpoint is given; "
+             f"plain Keras loads it too (`keras.models.load_model(\"{out_path}\")`).", ""]
+    if all(os.path.isfile(os.path.join(run_dir, part)) for part in ("config.yaml", "environment.json", "history.csv")):
+        summary = results.summarize(run_dir, results.read_history(os.path.join(run_dir, "history.csv")), None)
+        config, defaults = flatten(load_config(os.path.join(run_dir, "config.yaml"))), flatten(DEFAULTS)
+        changed = [f"`{key}={value}`" for key, value in config.items() if value != defaults.get(key)
+                   and not key.startswith(("data.path", "data.cache_dir", "output."))]
+        lines += ["## How it was made", "",
+                  f"Run `{summary['run']}`: {summary['epochs_done']} of {summary['epochs']} epochs, "
+                  f"{summary.get('hours', '?')} hours of training; best validation accuracy "
+                  f"{summary['best_val_accuracy']} (epoch {summary['best_val_accuracy_epoch']}). Its config is "
+                  f"config.yaml's defaults with {', '.join(changed) or 'nothing changed'}.", "",
+                  "| part | started | commit | CPU | precision | epochs | hours |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for number, part in enumerate(summary["parts"], 1):
+            epochs = "-".join(map(str, part.get("epochs") or [])) or "-"
+            lines.append(f"| {number} | {part['started']} | {(part['commit'] or '-')[:12]} | {part['cpu']} "
+                         f"({', '.join(part['cpu_bfloat16'] or []) or 'no bfloat16'}) | {part['precision']} | {epochs} "
+                         f"| {part.get('hours', '-')} |")
+        scores = []
+        for path in sorted(glob.glob(os.path.join(run_dir, "metrics*.json"))):
+            with open(path, encoding="utf-8") as f:
+                metrics = json.load(f)
+            tta = metrics.get("tta_kind") or ("flip" if metrics.get("tta") else "none")
+            scores.append(f"| {os.path.basename(metrics.get('checkpoint') or path)} | {metrics['split']} | {tta} "
+                          f"| {metrics['accuracy']:.4f} |")
+        if scores:
+            lines += ["", "## What it scored", "", "The run's checkpoints, as evaluate.py scored them (the shipped "
+                      "model gives the same top emotion, as above):", "",
+                      "| checkpoint | split | test-time augmentation | accuracy |", "| --- | --- | --- | --- |",
+                      *scores]
+    else:
+        lines += [f"{checkpoint} is not in a run directory of train.py: no record of how it was trained."]
+    lines += ["", "## Terms", "", FER2013_TERMS, ""]
+    write_text(card_path, "\n".join(lines))
+    return card_path
+
+
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Convert the notebook's Keras 2 files to a .keras file, or make a "
@@ -432,6 +497,11 @@ def main(argv=None):
         checkpoint, out_path = args.ship
         if not out_path.endswith(".keras"):
             raise UserError(f"{out_path}: the output must be a .keras file")
+        folder = os.path.dirname(os.path.abspath(out_path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot write {out_path}: cannot make the folder {folder} ({error.strerror})") from None
         if args.data:
             from evaluate import load_split
 
@@ -441,8 +511,10 @@ def main(argv=None):
 
             images, where = make_synthetic(2000, seed=3).images, "2,000 synthetic faces"
         agreement, gap = ship(checkpoint, out_path, images)
-        print(f"wrote {out_path} ({os.path.getsize(out_path) / 1e6:.1f} MB): the same top emotion as {checkpoint} on "
-              f"{agreement:.2%} of {where}, probabilities within {gap:.4f}")
+        said = f"the same top emotion as {checkpoint} on {agreement:.2%} of {where}, probabilities within {gap:.4f}"
+        print(f"wrote {out_path} ({os.path.getsize(out_path) / 1e6:.1f} MB): {said}")
+        card = write_model_card(checkpoint, out_path, said)
+        print(f"wrote {card}" if card else "left the README.md beside it as it is (not one --ship wrote)")
         return 0
     json_path, weights_path, out_path = args.convert
     for path in (json_path, weights_path):

@@ -237,17 +237,29 @@ def test_ship_makes_a_float32_model_with_half_size_weights_that_loads_on_every_b
         checkpoints.main(["--ship", str(tmp_path / "mixed.keras"), str(tmp_path / "x.h5")])
     assert stopped.value.code == 2 and "must be a .keras file" in capsys.readouterr().err
 
-    # A trained float32 run, through the command line: about half the file, the same answers.
-    out = tmp_path / "fer2013-demo.keras"
+    # A trained float32 run, through the command line, into a models/ folder not made yet: about half the file, the
+    # same answers.
+    out = tmp_path / "models" / "fer2013-demo.keras"
     result = run_script("checkpoints.py", "--ship", run_dir / "best.keras", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the same top emotion as" in result.stdout and "100.00% of 2,000 synthetic faces" in result.stdout
-    assert out.stat().st_size < 0.6 * (run_dir / "best.keras").stat().st_size
+    assert out.stat().st_size < 0.6 * (run_dir / "best.keras").stat().st_size and "README.md" in result.stdout
+    # Beside it, its card: what it was made from, on which CPU, and what the run's checkpoints scored.
+    card = (tmp_path / "models" / "README.md").read_text()
+    original = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
+    assert card.startswith(checkpoints.CARD_MARK) and "# fer2013-demo.keras" in card
+    assert "Run `demo`: 6 of 6 epochs" in card and "`train.precision=float32`" in card and "`train.epochs=6`" in card
+    assert f"| best.keras | PrivateTest | none | {original:.4f} |" in card and "FER2013's own terms" in card
+    # It is written again by the next --ship, but a README.md of another kind is never overwritten.
+    card_path = tmp_path / "models" / "README.md"
+    assert checkpoints.write_model_card(str(run_dir / "best.keras"), str(out), "again") == str(card_path)
+    card_path.write_text("# my folder\n")
+    assert checkpoints.write_model_card(str(run_dir / "best.keras"), str(out), "again") is None
+    assert card_path.read_text() == "# my folder\n"
     # TensorFlow loaded it above (the agreement); JAX scores it as the run scored its own checkpoint.
     pytest.importorskip("jax")
     scored = run_script("evaluate.py", "--checkpoint", out, "--data", synthetic_csv, "--out", tmp_path / "jax",
                         env={"KERAS_BACKEND": "jax"})
     assert scored.returncode == 0, scored.stderr[-3000:]
     score = json.loads((tmp_path / "jax" / "metrics-fer2013-demo.json").read_text())["accuracy"]
-    original = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
     assert abs(score - original) <= 0.005, (score, original)
