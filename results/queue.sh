@@ -6,6 +6,8 @@
 #     setsid nohup bash results/queue.sh >> ~/fer2013-runs/queue.log 2>&1 < /dev/null &
 #
 # Each run logs to $RUNS/<name>.log; `python results.py $RUNS/<name>` turns a run into its results/ folder.
+# PYTHON names the interpreter (default: python on PATH, e.g. PYTHON=~/venv/bin/python). Without
+# $RUNS/fer2013.csv it is built first from ../shared/fer2013/, where that folder exists.
 RUNS=${RUNS:-$HOME/fer2013-runs}
 CSV=$RUNS/fer2013.csv
 PY=${PYTHON:-python}
