@@ -376,12 +376,21 @@ def describe_devices():
     return text
 
 
-def fuse_batch_normalization(model):
+def fused_batch_norm_trains_well(compute_dtype, flags, on_gpu):
+    """Whether TensorFlow's fused BatchNormalization kernel trains as well as Keras's own layer here: not in
+    bfloat16 on a CPU with AMX. There the synthetic check (`bench.py precision`, 5 seeds) scored 0.856 against
+    float32's 0.952, one seed collapsing to 0.385; with Keras's own layer 0.964, and 0.966 with oneDNN kept off
+    AMX (README: Precision). Elsewhere it trains as well and is faster."""
+    return on_gpu or compute_dtype != "bfloat16" or "amx_bf16" not in flags
+
+
+def fuse_batch_normalization(model, flags=None):
     """On TensorFlow, the model's BatchNormalization layers run TensorFlow's fused kernel: one oneDNN (CPU) or
     cuDNN (GPU) op each way, where Keras 3 runs about a dozen elementwise ops, with casts to float32 around them
     under mixed precision. Same function and moving statistics; about 1.1x (float32) and 1.1-1.5x (bfloat16)
     the training speed on a 2-core CPU. Only the layers' call changes: checkpoints hold Keras's own
-    BatchNormalization and load anywhere, on any backend."""
+    BatchNormalization and load anywhere, on any backend. Left out where `fused_batch_norm_trains_well` says
+    no for the CPU's `flags` (default: this CPU's)."""
     if keras.backend.backend() != "tensorflow":
         return model
     import tensorflow as tf
@@ -391,11 +400,19 @@ def fuse_batch_normalization(model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.call = types.MethodType(_synchronized_batch_normalization, layer)
         return model
+    compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+    if not fused_batch_norm_trains_well(compute_dtype, cpu_flags() if flags is None else flags, bool(gpus())):
+        return model
     for layer in model.layers:
         if (type(layer) is keras.layers.BatchNormalization and len(layer.input.shape) == 4 and layer.axis in (-1, 3)
                 and layer.center and layer.scale and not layer.renorm and not layer.synchronized):
             layer.call = types.MethodType(_fused_batch_normalization, layer)
     return model
+
+
+def uses_fused_batch_norm(model):
+    """Whether fuse_batch_normalization gave any of the model's layers the fused kernel."""
+    return any(getattr(layer.call, "__func__", None) is _fused_batch_normalization for layer in model.layers)
 
 
 def _synchronized_batch_normalization(layer, inputs, training=None, mask=None):

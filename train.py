@@ -253,6 +253,7 @@ def environment(precision, why, model, distribution):
             "cpu_bfloat16": sorted({"avx512_bf16", "amx_bf16"} & backends.cpu_flags()), "versions": versions,
             "backend": backends.backend(), "devices": backends.describe_devices(), "onednn": backends.onednn_enabled(),
             "precision": precision, "precision_reason": why, "jit_compile": bool(model.jit_compile),
+            "batch_norm": "fused kernel" if backends.uses_fused_batch_norm(model) else "Keras's own layer",
             "distribution": distribution.describe(),
             "environment_variables": {name: os.environ[name] for name in RECORDED_VARIABLES if name in os.environ}}
 
