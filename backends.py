@@ -103,9 +103,11 @@ def cpu_model():
 def choose_precision(setting):
     """(Keras dtype policy, why) for train.precision.
 
-    auto: mixed_float16 on NVIDIA GPUs with tensor cores (compute capability 7.0+), float32 on older GPUs,
-    mixed_bfloat16 on CPUs with AVX512_BF16 or AMX (1.6-1.7x float32's training speed with TensorFlow 2.21 on a
-    2-core AVX512_BF16 CPU), else float32.
+    auto: mixed_float16 on NVIDIA GPUs with tensor cores (compute capability 7.0+), float32 on older GPUs and on
+    every CPU. bfloat16 trains 1.5-2.7x faster on CPUs with AVX512_BF16 or AMX, but fails the synthetic check
+    (`bench.py precision`, 10 seeds on an AMX Xeon: float32 never below 0.875; bfloat16 collapses to 0.17-0.39 in
+    1 to 2 of 10 trainings, whether on oneDNN's AMX kernels or its AVX512_BF16 ones, with the fused
+    BatchNormalization kernel or Keras's own layer), so it is there to ask for, not the default.
     """
     if setting != "auto":
         if setting == "mixed_bfloat16" and not gpus() and not {"avx512_bf16", "amx_bf16"} & cpu_flags():
@@ -118,9 +120,9 @@ def choose_precision(setting):
         if lowest >= (7, 0):
             return "mixed_float16", f"auto: GPU compute capability {lowest[0]}.{lowest[1]}"
         return "float32", f"auto: GPU compute capability {lowest[0]}.{lowest[1]} has no tensor cores"
-    bf16 = {"avx512_bf16", "amx_bf16"} & cpu_flags()
-    if bf16:
-        return "mixed_bfloat16", f"auto: CPU with {', '.join(sorted(bf16)).upper()}"
+    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        return "float32", ("auto: CPU (mixed_bfloat16 is faster on this one, but fails the synthetic check: "
+                           "docs/performance.md, Precision)")
     return "float32", "auto: CPU without bfloat16 instructions"
 
 
@@ -376,21 +378,12 @@ def describe_devices():
     return text
 
 
-def fused_batch_norm_trains_well(compute_dtype, flags, on_gpu):
-    """Whether TensorFlow's fused BatchNormalization kernel trains as well as Keras's own layer here: not in
-    bfloat16 on a CPU with AMX. There the synthetic check (`bench.py precision`, 5 seeds) scored 0.856 against
-    float32's 0.952, one seed collapsing to 0.385; with Keras's own layer 0.964, and 0.966 with oneDNN kept off
-    AMX (README: Precision). Elsewhere it trains as well and is faster."""
-    return on_gpu or compute_dtype != "bfloat16" or "amx_bf16" not in flags
-
-
-def fuse_batch_normalization(model, flags=None):
+def fuse_batch_normalization(model):
     """On TensorFlow, the model's BatchNormalization layers run TensorFlow's fused kernel: one oneDNN (CPU) or
     cuDNN (GPU) op each way, where Keras 3 runs about a dozen elementwise ops, with casts to float32 around them
     under mixed precision. Same function and moving statistics; about 1.1x (float32) and 1.1-1.5x (bfloat16)
     the training speed on a 2-core CPU. Only the layers' call changes: checkpoints hold Keras's own
-    BatchNormalization and load anywhere, on any backend. Left out where `fused_batch_norm_trains_well` says
-    no for the CPU's `flags` (default: this CPU's)."""
+    BatchNormalization and load anywhere, on any backend."""
     if keras.backend.backend() != "tensorflow":
         return model
     import tensorflow as tf
@@ -399,9 +392,6 @@ def fuse_batch_normalization(model, flags=None):
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.call = types.MethodType(_synchronized_batch_normalization, layer)
-        return model
-    compute_dtype = keras.mixed_precision.global_policy().compute_dtype
-    if not fused_batch_norm_trains_well(compute_dtype, cpu_flags() if flags is None else flags, bool(gpus())):
         return model
     for layer in model.layers:
         if (type(layer) is keras.layers.BatchNormalization and len(layer.input.shape) == 4 and layer.axis in (-1, 3)

@@ -18,10 +18,11 @@ def test_auto_precision_follows_the_cpu(tmp_path, monkeypatch):
         pytest.skip("a GPU decides auto precision here")
     cpuinfo = tmp_path / "cpuinfo"
     monkeypatch.setattr(backends, "CPUINFO", str(cpuinfo))
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
-    assert backends.choose_precision("auto")[0] == "mixed_bfloat16"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
-    assert backends.choose_precision("auto")[0] == "mixed_bfloat16"
+    for flags in ("avx512f avx512_bf16", "avx512f avx512_bf16 amx_bf16 amx_tile"):  # bfloat16 fails the check
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n")
+        precision, why = backends.choose_precision("auto")
+        assert precision == "float32" and "fails the synthetic check" in why
+        assert backends.choose_precision("mixed_bfloat16") == ("mixed_bfloat16", "as configured")
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
     assert backends.choose_precision("auto") == ("float32", "auto: CPU without bfloat16 instructions")
     assert backends.choose_precision("mixed_float16") == ("mixed_float16", "as configured")

@@ -31,7 +31,7 @@ def _assert_same_answers(keras_probabilities, exported):
 
 @pytest.fixture(scope="module")
 def mixed_precision_checkpoint(tmp_path_factory, synthetic_csv):
-    """The demo network after a few training steps in mixed_bfloat16 (as `auto` trains on a bfloat16 CPU)."""
+    """The demo network after a few training steps in mixed_bfloat16 (as `train.precision=mixed_bfloat16` trains on a CPU)."""
     import keras
 
     config = load_config(ROOT / "configs" / "demo.yaml")

@@ -43,8 +43,8 @@ def test_training_learns_the_synthetic_faces(trained_run):
     final = json.loads((run_dir / "metrics-last.json").read_text())
     best = json.loads((run_dir / "metrics.json").read_text())
     assert final["split"] == "PrivateTest" and final["n"] == 200
-    # Chance is 1/7. Five seeds of this check scored 0.885-0.98 in float32 and 0.945-0.995 in mixed_bfloat16 with
-    # the demo's BatchNormalization momentum of 0.9 (docs/performance.md: Precision); with Keras's 0.99, 0.56-0.97.
+    # Chance is 1/7. Ten seeds of this check scored 0.875-0.995 in float32 (what `auto` trains in on a CPU) with the
+    # demo's BatchNormalization momentum of 0.9 (docs/performance.md: Precision); with Keras's 0.99, 0.56-0.97.
     assert final["accuracy"] > 0.8 and best["accuracy"] > 0.8
     assert f"final weights (last.keras): PrivateTest accuracy {final['accuracy']:.4f}" in result.stdout
     assert f"best checkpoint (best.keras): PrivateTest accuracy {best['accuracy']:.4f}" in result.stdout
