@@ -105,9 +105,9 @@ def choose_precision(setting):
 
     auto: mixed_float16 on NVIDIA GPUs with tensor cores (compute capability 7.0+), float32 on older GPUs and on
     every CPU. bfloat16 trains 1.5-2.7x faster on CPUs with AVX512_BF16 or AMX, but fails the synthetic check
-    (`bench.py precision`, 10 seeds on an AMX Xeon: float32 never below 0.875; bfloat16 collapses to 0.17-0.39 in
-    1 to 2 of 10 trainings, whether on oneDNN's AMX kernels or its AVX512_BF16 ones, with the fused
-    BatchNormalization kernel or Keras's own layer), so it is there to ask for, not the default.
+    (`bench.py precision`, 10 seeds on an AMX Xeon: float32 never below 0.875; bfloat16 stays on the demo's early
+    plateau, at 0.17-0.39, in 1 to 2 of 10 trainings, whether on oneDNN's AMX kernels or its AVX512_BF16 ones, with
+    the fused BatchNormalization kernel or Keras's own layer), so it is there to ask for, not the default.
     """
     if setting != "auto":
         if setting == "mixed_bfloat16" and not gpus() and not {"avx512_bf16", "amx_bf16"} & cpu_flags():
