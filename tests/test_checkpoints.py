@@ -252,7 +252,9 @@ def test_ship_makes_a_float32_model_with_half_size_weights_that_loads_on_every_b
     assert f"| best.keras | PrivateTest | none | {original:.4f} |" in card and "FER2013's own terms" in card
     # It is written again by the next --ship, but a README.md of another kind is never overwritten.
     card_path = tmp_path / "models" / "README.md"
-    assert checkpoints.write_model_card(str(run_dir / "best.keras"), str(out), "again") == str(card_path)
+    assert checkpoints.write_model_card(str(run_dir / "best.keras"), str(out), "again",
+                                        [("PrivateTest", 0.61234)]) == str(card_path)
+    assert "| fer2013-demo.keras (this file) | PrivateTest | none | 0.6123 |" in card_path.read_text()
     card_path.write_text("# my folder\n")
     assert checkpoints.write_model_card(str(run_dir / "best.keras"), str(out), "again") is None
     assert card_path.read_text() == "# my folder\n"
