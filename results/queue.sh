@@ -37,7 +37,9 @@ run() {
     echo "$(date -u +%FT%TZ) $name exited with $?"
 }
 
-# The improved recipe (about 2 hours on 2 cores), then the faithful run: config.yaml unchanged, 100 epochs
-# (10-25 hours on 2 cores, so it goes on across sessions wherever $RUNS outlasts them).
+# The improved recipe (about 2 hours on 2 cores), its second cycle from the first one's best checkpoint (about
+# 1.5 hours), then the faithful run: config.yaml unchanged, 100 epochs (10-25 hours on 2 cores, so it goes on
+# across sessions wherever $RUNS outlasts them).
 run improved --config configs/improved.yaml
+run improved-cycle2 --config configs/improved-cycle2.yaml --init-weights "$RUNS/improved/best.keras"
 run seed --config config.yaml

@@ -24,14 +24,17 @@ def test_the_queue_skips_finished_runs_resumes_unfinished_ones_and_starts_the_re
     assert result.returncode == 0, result.stderr
     lines = calls.read_text().splitlines()
     assert lines[0] == f"train.py --resume {runs}/improved"
-    assert lines[1] == (f"train.py --config config.yaml --set data.path={runs}/fer2013.csv --set output.dir={runs} "
+    assert lines[1] == (f"train.py --config configs/improved-cycle2.yaml --init-weights {runs}/improved/best.keras "
+                        f"--set data.path={runs}/fer2013.csv --set output.dir={runs} --set output.name=improved-cycle2")
+    assert lines[2] == (f"train.py --config config.yaml --set data.path={runs}/fer2013.csv --set output.dir={runs} "
                         "--set output.name=seed")
-    assert len(lines) == 2
+    assert len(lines) == 3
 
-    for name in ("improved", "seed"):
+    for name in ("improved", "improved-cycle2", "seed"):
         (runs / name).mkdir(exist_ok=True)
         (runs / name / "state.json").write_text('{"epochs_done": 40, "finished": true}')
     result = queue()
     assert result.returncode == 0, result.stderr
-    assert "improved finished already" in result.stdout and "seed finished already" in result.stdout
-    assert len(calls.read_text().splitlines()) == 2  # nothing run again
+    for name in ("improved", "improved-cycle2", "seed"):
+        assert f"{name} finished already" in result.stdout
+    assert len(calls.read_text().splitlines()) == 3  # nothing run again

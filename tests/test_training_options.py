@@ -165,3 +165,18 @@ def test_the_improved_config_and_its_bad_values():
                               ("train.schedule=step", "must be one of plateau, cosine")):
         with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
             load_config(ROOT / "configs/improved.yaml", [override])
+
+
+def test_the_second_cycle_starts_from_the_first_cycles_weights(tmp_path):
+    first, second = (load_config(ROOT / f"configs/{name}.yaml") for name in ("improved", "improved-cycle2"))
+    assert second["model"] == first["model"] and second["data"] == first["data"]
+    assert {key for key in first["train"] if first["train"][key] != second["train"][key]} == {
+        "epochs", "learning_rate", "warmup_epochs", "seed"}
+    assert second["train"]["learning_rate"] < first["train"]["learning_rate"]
+    trained = model_lib.build_model(first)
+    trained.save(tmp_path / "best.keras")
+    restarted = model_lib.build_model(second)
+    checkpoints.copy_weights(checkpoints.load_checkpoint(str(tmp_path / "best.keras"), None), restarted,
+                             str(tmp_path / "best.keras"))
+    for mine, theirs in zip(restarted.weights, trained.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(theirs))
