@@ -454,7 +454,10 @@ def write_model_card(checkpoint, out_path, agreement, own_scores=()):
                   f"Run `{summary['run']}`: {summary['epochs_done']} of {summary['epochs']} epochs, "
                   f"{summary.get('hours', '?')} hours of training; best validation accuracy "
                   f"{summary['best_val_accuracy']} (epoch {summary['best_val_accuracy_epoch']}). Its config is "
-                  f"config.yaml's defaults with {', '.join(changed) or 'nothing changed'}.", "",
+                  f"config.yaml's defaults with {', '.join(changed) or 'nothing changed'}."
+                  + (f" Its weights started from {summary['init_weights']['path']} (`train.py --init-weights`), the "
+                     "end of an earlier training, not from a random initialisation: the hours below are this run's "
+                     "only." if "init_weights" in summary else ""), "",
                   "| part | started | commit | CPU | precision | epochs | hours |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for number, part in enumerate(summary["parts"], 1):

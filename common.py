@@ -1,6 +1,7 @@
 """Small helpers that several scripts share: one-line user errors, quiet imports, files written atomically."""
 import contextlib
 import functools
+import hashlib
 import os
 import sys
 import tempfile
@@ -64,6 +65,14 @@ def replaced_atomically(path):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(path, text):

@@ -14,15 +14,15 @@ epochs done so far outlast the machine they ran on.
 """
 import argparse
 import glob
-import hashlib
 import json
 import os
+import shlex
 import shutil
 import sys
 
 import numpy as np
 
-from common import UserError, exit_on_user_error, pyplot, replaced_atomically, save_figure, write_text
+from common import UserError, exit_on_user_error, pyplot, replaced_atomically, save_figure, sha256, write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOK_LOG = os.path.join(HERE, "..", "shared", "notebook", "training_log.csv")
@@ -70,14 +70,6 @@ def early_stopping_epoch(history, config_path=os.path.join(HERE, "configs", "not
     return None
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def parts(run_dir, history):
     """Each start of the run (the first and every resume): when, on which CPU and precision, which epochs, and
     the hours its complete epochs took (time lost in an epoch cut short by an interruption is not counted)."""
@@ -99,6 +91,20 @@ def parts(run_dir, history):
     return found
 
 
+def started_from(run_dir):
+    """The checkpoint a run's weights started from (train.py --init-weights), or None: a random initialisation.
+    Runs recorded before environment.json kept it say so in their command line only."""
+    with open(os.path.join(run_dir, "environment.json"), encoding="utf-8") as f:
+        record = json.load(f)
+    if "init_weights" in record:
+        return record["init_weights"]
+    words = shlex.split(record.get("command") or "")
+    for flag, value in zip(words, words[1:]):
+        if flag == "--init-weights":
+            return {"path": value}
+    return None
+
+
 def summarize(run_dir, history, notebook):
     from config import load_config
 
@@ -116,6 +122,8 @@ def summarize(run_dir, history, notebook):
         "notebook_as_written_stops_after_epoch": early_stopping_epoch(history),
         "parts": parts(run_dir, history),
     }
+    if started_from(run_dir):
+        summary["init_weights"] = started_from(run_dir)
     if "seconds" in history.columns:
         summary["hours"] = round(float(np.nansum(history["seconds"])) / 3600, 2)
     for name, stem in (("final_weights", "metrics-last.json"), ("best_checkpoint", "metrics.json")):

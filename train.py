@@ -34,7 +34,7 @@ import evaluate
 import resume as resume_lib
 import synthetic
 from common import (UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure,
-                    write_text)
+                    sha256, write_text)
 from config import dump, load_config, monitor_mode, monitor_name
 from model import build_model
 from resume import Interrupted
@@ -295,13 +295,17 @@ def make_model(config, run_dir, state, init_weights):
     return model
 
 
-def announce(model, run_dir, precision, why, distribution, state):
-    """The model and what it runs on, on screen and in environment.json."""
+def announce(model, run_dir, precision, why, distribution, state, init_weights=None):
+    """The model and what it runs on, on screen and in environment.json (with the checkpoint it started from)."""
     model.summary()
     print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
     print(f"precision {precision} ({why}), XLA {'on' if model.jit_compile else 'off'}, "
           f"distribution {distribution.describe()}")
-    record_environment(run_dir, {**environment(precision, why, model, distribution),
+    started_from = {}
+    if init_weights and not state:
+        started_from["init_weights"] = {"path": os.path.abspath(init_weights[0]),
+                                        "sha256": sha256(init_weights[0])}
+    record_environment(run_dir, {**environment(precision, why, model, distribution), **started_from,
                                  "epochs_done_at_start": state["epochs_done"] if state else 0}, resumed=bool(state))
 
 
@@ -357,7 +361,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
             with distribution.scope():
                 model = make_model(config, resume_dir or run_dir, state, init_weights)
             write_text(os.path.join(run_dir, "config.yaml"), dump(config))
-            announce(model, run_dir, precision, why, distribution, state)
+            announce(model, run_dir, precision, why, distribution, state, init_weights)
             callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, shuffle_seed)
             fit(model, config, callbacks, splits, state, shuffle_seed)
             save_exports(model, run_dir)

@@ -2,6 +2,7 @@
 evaluate, convert and fine-tune. The weights files are written here with h5py in Keras 2's layout from known
 arrays; the model.json is the author's published one (../shared/notebook/model.json; skipped without it)."""
 import copy
+import hashlib
 import json
 
 import h5py
@@ -147,6 +148,15 @@ def test_fine_tuning_starts_from_the_notebooks_weights(notebook_files, published
     tuned = keras.saving.load_model(f"{run_dir}/last.keras")
     kernel, start = tuned.layers[0].get_weights()[0], published_network.layers[0].get_weights()[0]
     np.testing.assert_allclose(kernel, start, atol=1e-6)  # a learning rate of 1e-12 leaves them where they began
+    # The run says where its weights came from: environment.json, results.py's summary, the card of a model shipped from it.
+    recorded = json.loads((tmp_path / "tuned" / "environment.json").read_text())["init_weights"]
+    assert recorded == {"path": str(notebook_files / "model.json"),
+                        "sha256": hashlib.sha256((notebook_files / "model.json").read_bytes()).hexdigest()}
+    import results
+
+    assert results.summarize(run_dir, results.read_history(f"{run_dir}/history.csv"), None)["init_weights"] == recorded
+    card = checkpoints.write_model_card(f"{run_dir}/last.keras", str(tmp_path / "m.keras"), "agreed")
+    assert f"Its weights started from {notebook_files / 'model.json'}" in open(card).read()
     config["model"]["dense"] = [512, 256, 128, 64]
     config["output"]["name"] = "mismatch"
     with pytest.raises(UserError, match="--init-weights .*model.json: its layer dense_1 has weights"):

@@ -1,5 +1,6 @@
 """results.py's reading of a history: the plateau, and when the notebook's EarlyStopping as written would act;
 and the committed results/, recomputed from their predictions and FER2013's labels."""
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -46,3 +47,12 @@ def test_committed_results_recompute_from_fer2013_labels(folder, fer2013_csv):
 def test_results_of_a_folder_that_is_no_run(tmp_path):
     assert_user_error(run_script("results.py", tmp_path / "nothing"), "no such folder")
     assert_user_error(run_script("results.py", tmp_path), "no history.csv")
+
+
+def test_a_run_recorded_before_init_weights_had_a_field_still_says_where_it_started(tmp_path):
+    environment = tmp_path / "environment.json"
+    environment.write_text(json.dumps({"command": "train.py --config c.yaml --init-weights 'old runs/best.keras' "
+                                                  "--set train.seed=1"}))
+    assert results.started_from(str(tmp_path)) == {"path": "old runs/best.keras"}
+    environment.write_text(json.dumps({"command": "train.py --config c.yaml"}))
+    assert results.started_from(str(tmp_path)) is None
