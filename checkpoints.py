@@ -425,6 +425,23 @@ FER2013_TERMS = ("The model learned from FER2013 (Goodfellow et al., 2013, \"Cha
                  "repository.")
 
 
+def _started_from(init_weights):
+    """The card's sentence on where the run's weights started: nothing for a random initialisation; for a
+    checkpoint of another run directory that is still there, that run's name, epochs and hours too."""
+    if not init_weights:
+        return ""
+    import results
+
+    path = init_weights["path"]
+    earlier, run_dir = "an earlier training", os.path.dirname(os.path.abspath(path))
+    if all(os.path.isfile(os.path.join(run_dir, part)) for part in ("config.yaml", "environment.json", "history.csv")):
+        summary = results.summarize(run_dir, results.read_history(os.path.join(run_dir, "history.csv")), None)
+        earlier = (f"run `{summary['run']}` ({summary['epochs_done']} epochs, {summary.get('hours', '?')} hours, "
+                   f"best validation accuracy {summary['best_val_accuracy']})")
+    return (f" Its weights started from {path} (`train.py --init-weights`), the end of {earlier}, not from a random "
+            "initialisation: the hours below are this run's only.")
+
+
 def write_model_card(checkpoint, out_path, agreement, own_scores=()):
     """README.md beside the shipped model: how it was made (config, commits, hours, CPUs, from the run directory
     the checkpoint came from), what the run's checkpoints scored and `own_scores`, (split, accuracy) pairs of the
@@ -455,9 +472,7 @@ def write_model_card(checkpoint, out_path, agreement, own_scores=()):
                   f"{summary.get('hours', '?')} hours of training; best validation accuracy "
                   f"{summary['best_val_accuracy']} (epoch {summary['best_val_accuracy_epoch']}). Its config is "
                   f"config.yaml's defaults with {', '.join(changed) or 'nothing changed'}."
-                  + (f" Its weights started from {summary['init_weights']['path']} (`train.py --init-weights`), the "
-                     "end of an earlier training, not from a random initialisation: the hours below are this run's "
-                     "only." if "init_weights" in summary else ""), "",
+                  + _started_from(summary.get("init_weights")), "",
                   "| part | started | commit | CPU | precision | epochs | hours |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for number, part in enumerate(summary["parts"], 1):

@@ -116,7 +116,8 @@ def summarize(run_dir, history, notebook):
         "epochs_done": len(history), "epochs": epochs,
         "best_val_accuracy": round(float(history["val_accuracy"][best]), 4), "best_val_accuracy_epoch": best + 1,
         "lowest_val_loss_epoch": int(history["val_loss"].idxmin()) + 1,
-        "plateau_epochs": plateau_epochs(history),
+        # A run that starts from trained weights (--init-weights) never calls every face the majority class.
+        "plateau_epochs": 0 if started_from(run_dir) else plateau_epochs(history),
         "val_accuracy_at": {str(e): round(float(history["val_accuracy"][e - 1]), 4) for e in MILESTONES
                             if e <= len(history)},
         "notebook_as_written_stops_after_epoch": early_stopping_epoch(history),
@@ -152,11 +153,12 @@ def plot_against_notebook(history, notebook, summary, path):
         accuracy.plot(table["epoch"], table["accuracy"], color=colour, alpha=0.35, lw=1, label=f"{label}: training")
         loss.plot(table["epoch"], table["val_loss"], color=colour, label=f"{label}: validation")
         loss.plot(table["epoch"], table["loss"], color=colour, alpha=0.35, lw=1, label=f"{label}: training")
-        plateau = plateau_epochs(table)
-        accuracy.axvspan(0.5, plateau + 0.5, color=colour, alpha=0.08)
-        accuracy.annotate(f"plateau: {plateau} epochs", (plateau + 0.5, table["val_accuracy"].iloc[0]),
-                          xytext=(4, -14 if colour == "tab:blue" else 6), textcoords="offset points",
-                          color=colour, fontsize=8)
+        plateau = summary["plateau_epochs"] if table is history else plateau_epochs(table)
+        if plateau:
+            accuracy.axvspan(0.5, plateau + 0.5, color=colour, alpha=0.08)
+            accuracy.annotate(f"plateau: {plateau} epochs", (plateau + 0.5, table["val_accuracy"].iloc[0]),
+                              xytext=(4, -14 if colour == "tab:blue" else 6), textcoords="offset points",
+                              color=colour, fontsize=8)
         for epoch in MILESTONES:
             if epoch <= len(table):
                 value = float(table["val_accuracy"].iloc[epoch - 1])

@@ -54,5 +54,12 @@ def test_a_run_recorded_before_init_weights_had_a_field_still_says_where_it_star
     environment.write_text(json.dumps({"command": "train.py --config c.yaml --init-weights 'old runs/best.keras' "
                                                   "--set train.seed=1"}))
     assert results.started_from(str(tmp_path)) == {"path": "old runs/best.keras"}
+    # Its first epochs at one value are no majority-class plateau: it started trained.
+    (tmp_path / "config.yaml").write_text((ROOT / "configs" / "improved-cycle2.yaml").read_text())
+    history([0.643, 0.644, 0.648, 0.66]).to_csv(tmp_path / "history.csv", index=False)
+    assert results.summarize(str(tmp_path), results.read_history(str(tmp_path / "history.csv")), None)[
+        "plateau_epochs"] == 0
     environment.write_text(json.dumps({"command": "train.py --config c.yaml"}))
     assert results.started_from(str(tmp_path)) is None
+    assert results.summarize(str(tmp_path), results.read_history(str(tmp_path / "history.csv")), None)[
+        "plateau_epochs"] == 3
