@@ -156,7 +156,10 @@ def test_fine_tuning_starts_from_the_notebooks_weights(notebook_files, published
 
     assert results.summarize(run_dir, results.read_history(f"{run_dir}/history.csv"), None)["init_weights"] == recorded
     card = checkpoints.write_model_card(f"{run_dir}/last.keras", str(tmp_path / "m.keras"), "agreed")
-    assert f"Its weights started from {notebook_files / 'model.json'}" in open(card).read()
+    assert (f"Its weights started from {notebook_files / 'model.json'} (`train.py --init-weights`), the end of an "
+            "earlier training") in open(card).read()
+    # A run started from this run's checkpoint: its card names this run, its epochs and hours.
+    assert f"the end of run `tuned` (1 epochs, " in checkpoints._started_from({"path": f"{run_dir}/last.keras"})
     config["model"]["dense"] = [512, 256, 128, 64]
     config["output"]["name"] = "mismatch"
     with pytest.raises(UserError, match="--init-weights .*model.json: its layer dense_1 has weights"):
