@@ -109,6 +109,7 @@ def summarize(run_dir, history, notebook):
     from config import load_config
 
     epochs = load_config(os.path.join(run_dir, "config.yaml"))["train"]["epochs"]
+    init_weights = started_from(run_dir)
     best = int(history["val_accuracy"].idxmax())
     summary = {
         "run": os.path.basename(os.path.normpath(run_dir)),
@@ -117,14 +118,14 @@ def summarize(run_dir, history, notebook):
         "best_val_accuracy": round(float(history["val_accuracy"][best]), 4), "best_val_accuracy_epoch": best + 1,
         "lowest_val_loss_epoch": int(history["val_loss"].idxmin()) + 1,
         # A run that starts from trained weights (--init-weights) never calls every face the majority class.
-        "plateau_epochs": 0 if started_from(run_dir) else plateau_epochs(history),
+        "plateau_epochs": 0 if init_weights else plateau_epochs(history),
         "val_accuracy_at": {str(e): round(float(history["val_accuracy"][e - 1]), 4) for e in MILESTONES
                             if e <= len(history)},
         "notebook_as_written_stops_after_epoch": early_stopping_epoch(history),
         "parts": parts(run_dir, history),
     }
-    if started_from(run_dir):
-        summary["init_weights"] = started_from(run_dir)
+    if init_weights:
+        summary["init_weights"] = init_weights
     if "seconds" in history.columns:
         summary["hours"] = round(float(np.nansum(history["seconds"])) / 3600, 2)
     for name, stem in (("final_weights", "metrics-last.json"), ("best_checkpoint", "metrics.json")):
