@@ -69,6 +69,8 @@ def test_gzip_crlf_spaces_quotes_column_order_and_blank_lines_read_the_same(tmp_
     variants["double spaces"] = write_rows(tmp_path / "double.csv", double)
     tabs = [(e, pixel_text(p).replace(" ", "\t"), u) for e, p, u in rows]
     variants["tabs"] = write_rows(tmp_path / "tabs.csv", tabs)
+    (tmp_path / "unterminated.csv").write_bytes(plain.rstrip(b"\n"))
+    variants["no newline at the end"] = tmp_path / "unterminated.csv"
     for name, path in variants.items():
         images, labels, usage = _read(path)
         np.testing.assert_array_equal(images, expected[0], err_msg=name)
@@ -87,6 +89,7 @@ def _bad_files(tmp_path):
         return write_rows(tmp_path / name, [good[0], row, good[2]], header=header)
 
     (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "blank.csv").write_text("\n \r\n\t\n")
     (tmp_path / "header-only.csv").write_text("emotion,pixels,Usage\n")
     return {
         "wrong pixel count": (with_bad_row("count.csv", (1, short, "Training")), ["line 3", "2303 pixels", "2304"]),
@@ -100,6 +103,7 @@ def _bad_files(tmp_path):
         "missing column": (write_rows(tmp_path / "column.csv", [(1, image, "")], header="emotion,pixels"),
                            ["line 1", "missing column 'Usage'"]),
         "empty file": (tmp_path / "empty.csv", ["empty"]),
+        "blank file": (tmp_path / "blank.csv", ["empty"]),
         "header only": (tmp_path / "header-only.csv", ["no data rows"]),
         "missing file": (tmp_path / "nowhere.csv", ["no such file"]),
     }
