@@ -1,4 +1,5 @@
 import gzip
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ from PIL import Image
 
 import data
 from common import UserError
+from data import Faces
 import synthetic
 from conftest import assert_user_error, make_rows, pixel_text, run_script, write_rows
 
@@ -75,6 +77,28 @@ def test_gzip_crlf_spaces_quotes_column_order_and_blank_lines_read_the_same(tmp_
         images, labels, usage = _read(path)
         np.testing.assert_array_equal(images, expected[0], err_msg=name)
         assert (labels, usage) == (expected[1], expected[2]), name
+
+
+def test_plain_files_take_the_chunked_reader_and_it_agrees_with_the_tolerant_one(tmp_path):
+    rows = make_rows(USAGE_ORDER * 300)  # several chunks of rows
+    plain = write_rows(tmp_path / "plain.csv", rows)
+    files = {"plain": plain, "crlf": write_rows(tmp_path / "crlf.csv", rows, newline="\r\n"),
+             "column order": tmp_path / "order.csv",
+             "quoted": write_rows(tmp_path / "quoted.csv", [(e, f'"{pixel_text(p)}"', u) for e, p, u in rows])}
+    files["column order"].write_text("\n".join(["Usage,pixels,emotion"] +
+                                                [f"{u},{pixel_text(p)},{e}" for e, p, u in rows]))
+    for name, path in files.items():
+        raw = data._read_bytes(path)
+        columns, n_columns, pos = data._parse_header(path, raw)
+        with ThreadPoolExecutor(2) as pool:
+            chunked = data._read_plain_rows(raw, pos, columns, n_columns, pool)
+            tolerant = data._read_any_rows(path, raw, pos, columns, n_columns, pool, 2)
+        np.testing.assert_array_equal(tolerant.images, np.stack([p for _, p, _ in rows]), err_msg=name)
+        if name == "quoted":
+            assert chunked is None  # quotes go to the tolerant reader
+            continue
+        for field in Faces._fields:
+            np.testing.assert_array_equal(getattr(chunked, field), getattr(tolerant, field), err_msg=name)
 
 
 def _bad_files(tmp_path):
