@@ -169,7 +169,7 @@ def save_cache(cache_file, faces, stale=()):
 # --- the Kaggle CSV -------------------------------------------------------------------------------------
 
 def _read_bytes(path):
-    """The file's bytes: mapped, not copied (a third faster to parse), or decompressed if it is gzip."""
+    """The file's bytes: mapped, not copied into memory (the parse goes faster), or decompressed if it is gzip."""
     try:
         with open(path, "rb") as f:
             if f.read(2) == b"\x1f\x8b":
@@ -249,8 +249,10 @@ def _parse_plain_chunk(raw, start, stop, columns, n_columns):
     field_stops = np.column_stack([commas, ends])
     (emotion_starts, pixel_starts, usage_starts) = (field_starts[:, at] for at in columns)
     (emotion_stops, pixel_stops, usage_stops) = (field_stops[:, at] for at in columns)
+    if np.any(emotion_stops - emotion_starts != 1) or np.any(pixel_stops <= pixel_starts):
+        return None
     labels = text[emotion_starts] - ZERO
-    if np.any(emotion_stops - emotion_starts != 1) or np.any(labels > 6):
+    if np.any(labels > 6):
         return None
     usage = np.full(len(line_starts), len(USAGES), np.uint8)
     for code, name in enumerate(USAGES):

@@ -114,6 +114,7 @@ def _bad_files(tmp_path):
 
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "blank.csv").write_text("\n \r\n\t\n")
+    (tmp_path / "cut.csv").write_text(f"emotion,Usage,pixels\n1,Training,{pixel_text(image)}\n2,Training,")
     (tmp_path / "header-only.csv").write_text("emotion,pixels,Usage\n")
     return {
         "wrong pixel count": (with_bad_row("count.csv", (1, short, "Training")), ["line 3", "2303 pixels", "2304"]),
@@ -128,6 +129,7 @@ def _bad_files(tmp_path):
                            ["line 1", "missing column 'Usage'"]),
         "empty file": (tmp_path / "empty.csv", ["empty"]),
         "blank file": (tmp_path / "blank.csv", ["empty"]),
+        "cut after the last comma": (tmp_path / "cut.csv", ["line 3", "0 pixels"]),
         "header only": (tmp_path / "header-only.csv", ["no data rows"]),
         "missing file": (tmp_path / "nowhere.csv", ["no such file"]),
     }
