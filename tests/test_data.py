@@ -1,4 +1,5 @@
 import gzip
+import random
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -99,6 +100,45 @@ def test_plain_files_take_the_chunked_reader_and_it_agrees_with_the_tolerant_one
             continue
         for field in Faces._fields:
             np.testing.assert_array_equal(getattr(chunked, field), getattr(tolerant, field), err_msg=name)
+
+
+def test_damaged_files_read_the_same_or_fail_the_same_through_both_readers(tmp_path):
+    """The chunked reader must hand every file it cannot read exactly to the tolerant one, never guess."""
+    rng = random.Random(0)
+    plain = write_rows(tmp_path / "plain.csv", make_rows(["Training", "PublicTest", "PrivateTest"] * 3)).read_bytes()
+    damaged = tmp_path / "damaged.csv"
+    for _ in range(300):
+        text = bytearray(plain)
+        for _ in range(rng.randint(1, 3)):
+            at, kind = rng.randrange(len(text)), rng.random()
+            if kind < 0.4:
+                text[at] = rng.choice(b' ,\n\r"0123456789-.xT')
+            elif kind < 0.7:
+                del text[at]
+            else:
+                text.insert(at, rng.choice(b' ,\n\r"0123456789-.xT'))
+        if rng.random() < 0.3:
+            del text[rng.randrange(len(text)):]
+        damaged.write_bytes(text)
+        outcomes = []
+        for read in (data.read_csv, _tolerant_read):
+            try:
+                outcomes.append(read(damaged))
+            except UserError as error:
+                outcomes.append(str(error))
+        chunked, tolerant = outcomes
+        if isinstance(tolerant, str) or isinstance(chunked, str):
+            assert chunked == tolerant
+        else:
+            for field in Faces._fields:
+                np.testing.assert_array_equal(getattr(chunked, field), getattr(tolerant, field))
+
+
+def _tolerant_read(path):
+    raw = data._read_bytes(path)
+    columns, n_columns, pos = data._parse_header(path, raw)
+    with ThreadPoolExecutor(2) as pool:
+        return data._read_any_rows(path, raw, pos, columns, n_columns, pool, 2)
 
 
 def _bad_files(tmp_path):
