@@ -105,6 +105,16 @@ def started_from(run_dir):
     return None
 
 
+def finished(run_dir):
+    """Whether train.py marked the run finished (its state.json), so that a run fetched from another machine
+    without its checkpoints still counts; runs without a state.json: whether last.keras exists."""
+    state = os.path.join(run_dir, "state.json")
+    if os.path.isfile(state):
+        with open(state, encoding="utf-8") as f:
+            return bool(json.load(f).get("finished"))
+    return os.path.exists(os.path.join(run_dir, "last.keras"))
+
+
 def summarize(run_dir, history, notebook):
     from config import load_config
 
@@ -113,7 +123,7 @@ def summarize(run_dir, history, notebook):
     best = int(history["val_accuracy"].idxmax())
     summary = {
         "run": os.path.basename(os.path.normpath(run_dir)),
-        "finished": os.path.exists(os.path.join(run_dir, "last.keras")),
+        "finished": finished(run_dir),
         "epochs_done": len(history), "epochs": epochs,
         "best_val_accuracy": round(float(history["val_accuracy"][best]), 4), "best_val_accuracy_epoch": best + 1,
         "lowest_val_loss_epoch": int(history["val_loss"].idxmin()) + 1,
@@ -208,10 +218,9 @@ def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
             table.to_csv(temporary, index=False)
     summary = summarize(run_dir, history, notebook)
     checksums = os.path.join(out_dir, "checkpoints.sha256")
-    if summary["finished"]:
-        write_text(checksums, "".join(f"{sha256(os.path.join(run_dir, name))}  {name}\n"
-                                      for name in ("best.keras", "last.keras")
-                                      if os.path.exists(os.path.join(run_dir, name))))
+    kept = [name for name in ("best.keras", "last.keras") if os.path.exists(os.path.join(run_dir, name))]
+    if summary["finished"] and kept:
+        write_text(checksums, "".join(f"{sha256(os.path.join(run_dir, name))}  {name}\n" for name in kept))
     elif os.path.exists(checksums):
         os.remove(checksums)  # a running run's best.keras is not the one its results will name
     write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")

@@ -63,3 +63,22 @@ def test_a_run_recorded_before_init_weights_had_a_field_still_says_where_it_star
     assert results.started_from(str(tmp_path)) is None
     assert results.summarize(str(tmp_path), results.read_history(str(tmp_path / "history.csv")), None)[
         "plateau_epochs"] == 3
+
+
+def test_a_finished_run_fetched_without_its_checkpoints_counts_as_finished(tmp_path):
+    # train.py's state.json says finished; best.keras and last.keras stayed on the machine that trained it.
+    run = tmp_path / "gpu-run"
+    run.mkdir()
+    (run / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    (run / "environment.json").write_text(json.dumps({"command": "train.py --config config.yaml",
+                                                      "epochs_done_at_start": 0}))
+    history([0.25, 0.25, 0.3, 0.4]).to_csv(run / "history.csv", index=False)
+    (run / "state.json").write_text(json.dumps({"epochs_done": 4, "finished": False}))
+    out = tmp_path / "out"
+    assert results.publish(str(run), str(out), notebook_log=None)["finished"] is False
+    (run / "state.json").write_text(json.dumps({"epochs_done": 4, "finished": True}))
+    assert results.publish(str(run), str(out), notebook_log=None)["finished"] is True
+    assert not (out / "checkpoints.sha256").exists()  # no checksum of checkpoints it does not have
+    (run / "last.keras").write_bytes(b"weights")
+    results.publish(str(run), str(out), notebook_log=None)
+    assert (out / "checkpoints.sha256").read_text().endswith("  last.keras\n")
