@@ -38,8 +38,9 @@ run() {
 }
 
 # The improved recipe (about 2 hours on 2 cores), its second cycle from the first one's best checkpoint (about
-# 1.5 hours), then the faithful run: config.yaml unchanged, 100 epochs (10-25 hours on 2 cores, so it goes on
-# across sessions wherever $RUNS outlasts them).
+# 1.5 hours), then the faithful run on the CPU: config.yaml unchanged, 100 epochs in float32 (10-25 hours on 2
+# cores, so it goes on across sessions wherever $RUNS outlasts them). It is named seed-cpu: results/seed/ holds
+# the faithful run that finished on a GPU, which this one repeats on the CPU path rather than replaces.
 run improved --config configs/improved.yaml
 run improved-cycle2 --config configs/improved-cycle2.yaml --init-weights "$RUNS/improved/best.keras"
-run seed --config config.yaml
+run seed-cpu --config config.yaml

@@ -126,8 +126,13 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_one_device(tmp_path, synth
 
 
 def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
+    """On JAX with no TensorFlow installed, as on a GPU machine with jax[cuda12] and keras alone (the faithful run's
+    machine): an `import tensorflow` that fails, first on the path, stands in for the missing package."""
     pytest.importorskip("jax")
-    jax = {"KERAS_BACKEND": "jax"}
+    (tmp_path / "no-tf" / "tensorflow").mkdir(parents=True)
+    (tmp_path / "no-tf" / "tensorflow" / "__init__.py").write_text('raise ImportError("No module named tensorflow")')
+    jax = {"KERAS_BACKEND": "jax",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "no-tf"), os.environ.get("PYTHONPATH")]))}
     result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
                         "--set", "data.limit=600", "--set", "train.epochs=2", "--set", "train.precision=float32",
                         "--set", "model.filters=[4, 8]", "--set", "model.dense=[16]",  # little for XLA to compile

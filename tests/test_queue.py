@@ -27,14 +27,14 @@ def test_the_queue_skips_finished_runs_resumes_unfinished_ones_and_starts_the_re
     assert lines[1] == (f"train.py --config configs/improved-cycle2.yaml --init-weights {runs}/improved/best.keras "
                         f"--set data.path={runs}/fer2013.csv --set output.dir={runs} --set output.name=improved-cycle2")
     assert lines[2] == (f"train.py --config config.yaml --set data.path={runs}/fer2013.csv --set output.dir={runs} "
-                        "--set output.name=seed")
+                        "--set output.name=seed-cpu")
     assert len(lines) == 3
 
-    for name in ("improved", "improved-cycle2", "seed"):
+    for name in ("improved", "improved-cycle2", "seed-cpu"):
         (runs / name).mkdir(exist_ok=True)
         (runs / name / "state.json").write_text('{"epochs_done": 40, "finished": true}')
     result = queue()
     assert result.returncode == 0, result.stderr
-    for name in ("improved", "improved-cycle2", "seed"):
+    for name in ("improved", "improved-cycle2", "seed-cpu"):
         assert f"{name} finished already" in result.stdout
     assert len(calls.read_text().splitlines()) == 3  # nothing run again
