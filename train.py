@@ -196,12 +196,16 @@ def plot_curves(history_csv, path):
 
 
 def save_exports(model, run_dir):
-    """last.keras, and the notebook's own export: model.to_json() + the weights in HDF5."""
+    """last.keras, and the notebook's own export: model.to_json() + the weights in HDF5. Keras 3's save_weights
+    also stores a compiled model's optimizer state (Adam's two moments: 3x the weights, 5x under mixed_float16),
+    so the export saves an uncompiled copy: the layers' weights alone, as the notebook's Keras 2 file held."""
     with replaced_atomically(os.path.join(run_dir, "last.keras")) as temporary:
         model.save(temporary)
     write_text(os.path.join(run_dir, "model.json"), model.to_json())
+    weights_only = type(model).from_config(model.get_config())
+    weights_only.set_weights(model.get_weights())
     with replaced_atomically(os.path.join(run_dir, "model.weights.h5")) as temporary:
-        model.save_weights(temporary)
+        weights_only.save_weights(temporary)
 
 
 def score(run_dir, model, test, kind="none"):

@@ -1,5 +1,6 @@
 import json
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +29,8 @@ def test_training_writes_the_whole_run_directory(trained_run):
     assert saved["train"]["epochs"] == 6 and saved["model"]["filters"] == [8, 16, 32]
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"run directory: {run_dir}" in result.stdout
+    with h5py.File(run_dir / "model.weights.h5") as exported:  # the notebook's export: weights, no Adam moments
+        assert "layers" in exported and "optimizer" not in exported
 
 
 def test_a_log_file_gets_one_progress_line_per_epoch(trained_run):
