@@ -108,10 +108,11 @@ def started_from(run_dir):
 def finished(run_dir):
     """Whether train.py marked the run finished (its state.json), so that a run fetched from another machine
     without its checkpoints still counts; runs without a state.json: whether last.keras exists."""
-    state = os.path.join(run_dir, "state.json")
-    if os.path.isfile(state):
-        with open(state, encoding="utf-8") as f:
-            return bool(json.load(f).get("finished"))
+    import backends  # noqa: F401  (starts the backend quietly, before resume imports Keras)
+    import resume
+
+    if os.path.isfile(os.path.join(run_dir, resume.STATE)):
+        return bool(resume.read_state(run_dir).get("finished"))
     return os.path.exists(os.path.join(run_dir, "last.keras"))
 
 
