@@ -73,7 +73,8 @@ class OnnxModel:
         try:
             import onnxruntime
         except ImportError:
-            raise UserError("running an .onnx file needs onnxruntime: pip install onnxruntime") from None
+            raise UserError("running an .onnx file needs onnxruntime: pip install -r requirements-dev.txt (or pip install "
+                            "onnxruntime)") from None
         if not os.path.isfile(path):
             raise UserError(f"checkpoint {path} not found")
         try:
@@ -137,8 +138,13 @@ def export(checkpoint, out, weights=None):
     stem, suffix = os.path.splitext(out)
     temporary = f"{stem}.writing-{os.getpid()}{suffix}"  # renamed to `out` once checked
     try:
-        model.export(temporary, format=kind, verbose=False)
-        gap, agreement = compare(expected, run_exported(temporary, kind, faces))
+        try:
+            model.export(temporary, format=kind, verbose=False)
+            got = run_exported(temporary, kind, faces)
+        except ImportError as error:
+            raise UserError(f"writing {out} needs {error.name or 'a package that is missing'}: pip install -r "
+                            "requirements-dev.txt") from None
+        gap, agreement = compare(expected, got)
         if gap > MAX_GAP or agreement < MIN_AGREEMENT:
             raise UserError(f"{out}: the exported model answers differently from Keras (largest probability gap "
                             f"{gap:.2g}, the same emotion for {agreement:.1%} of {CHECK_FACES} faces); nothing kept")

@@ -49,18 +49,45 @@ class FaceFinder:
             raise UserError(f"OpenCV could not load its face detector {path}")
         self.options = options
 
-    def __call__(self, gray, width=None):
+    def __call__(self, gray, width=None, sizes=None):
         """[(x, y, w, h)] of the faces in a grayscale image, left to right. With `width`, the search runs on the
         image scaled down to that width (about 2.5x faster at 320 than at 640 pixels), boxes given in the
-        image's own pixels; faces smaller than the cascade's 24-pixel window at that scale are not found."""
+        image's own pixels; faces smaller than the cascade's 24-pixel window at that scale are not found.
+        `sizes`: (smallest, largest) face to look for, in the image's pixels, instead of predict.min_size and up."""
         scale = min(1.0, width / gray.shape[1]) if width else 1.0
         if scale < 1:
             cv2 = import_cv2()
             gray = cv2.resize(gray, (width, max(1, round(gray.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-        min_size = max(1, round(self.options["min_size"] * scale))
+        smallest, largest = sizes or (self.options["min_size"], 0)
+        min_size, max_size = max(1, round(smallest * scale)), round(largest * scale)
         boxes = self.cascade.detectMultiScale(gray, scaleFactor=self.options["scale_factor"],
-                                              minNeighbors=self.options["min_neighbors"], minSize=(min_size, min_size))
+                                              minNeighbors=self.options["min_neighbors"], minSize=(min_size, min_size),
+                                              maxSize=(max_size, max_size))
         return sorted((tuple(int(round(v / scale)) for v in box) for box in boxes), key=lambda box: box[0])
+
+
+class LiveFinder:
+    """Faces in a live camera's frames: a full search every `every` frames, and in between a search around each
+    face of the frame before only (boxes from 0.7 to 1.4 times its size), which costs a small part of a full
+    search; a frame in which a face is not found again gets a full search. A face that comes into view is found
+    at the next full search."""
+
+    def __init__(self, finder, width, every=10):
+        self.finder, self.width, self.every = finder, width, every
+        self.boxes, self.frames = [], 0
+
+    def __call__(self, gray):
+        near = self.frames % self.every and self.boxes and [self.near(gray, box) for box in self.boxes]
+        self.frames += 1
+        self.boxes = [box for found in near for box in found[:1]] if near and all(near) else self.finder(gray, self.width)
+        return self.boxes
+
+    def near(self, gray, box):
+        x, y, w, h = box
+        left, top = max(0, x - w // 2), max(0, y - h // 2)
+        region = gray[top:y + h + h // 2, left:x + w + w // 2]
+        found = self.finder(region, None, sizes=(int(w * 0.7), int(w * 1.4)))
+        return [(bx + left, by + top, bw, bh) for bx, by, bw, bh in found]
 
 
 def crop_face(gray, box, margin=0.0):
@@ -102,10 +129,17 @@ class Predictor:
             return gray, [(0, 0, gray.shape[1], gray.shape[0])]
         return gray, self.finder(gray, self.finder.options["video_detect_width"] if video else None)
 
+    def live(self):
+        """A function frame -> (its grayscale, its face boxes) for one live camera's frames in turn (LiveFinder)."""
+        if not self.detect:
+            return lambda image: self.find(image)
+        finder = LiveFinder(self.finder, self.finder.options["video_detect_width"])
+        return lambda image: (gray := to_gray(image), finder(gray))
+
     def score(self, gray, boxes):
         """The probabilities (n, 7) of the faces in `boxes`."""
         if not boxes:
-            return [], np.zeros((0, len(data.EMOTIONS)), np.float32)
+            return np.zeros((0, len(data.EMOTIONS)), np.float32)
         margin = self.margin if self.detect else 0.0
         faces = np.stack([crop_face(gray, box, margin) for box in boxes])
         return self.probabilities(faces)
@@ -160,7 +194,8 @@ def output_name(path, used, extension=None):
     return name
 
 
-def predict_image(predictor, path, out_dir, used, write):
+def read_image(path):
+    """A photo as a uint8 BGR (or grayscale) array; OSError for a file that is not an image."""
     cv2 = import_cv2()
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -169,16 +204,27 @@ def predict_image(predictor, path, out_dir, used, write):
         image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
     if image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def describe(boxes, probabilities, detect=True):
+    """One line for a photo: "2 faces: Happy (0.91), Sad (0.40)", "0 faces"; without detection, the top emotion."""
+    tops = [f"{data.EMOTIONS[int(row.argmax())]} ({row.max():.2f})" for row in probabilities]
+    if detect:
+        return f"{len(boxes)} face{'s' if len(boxes) != 1 else ''}" + (f": {', '.join(tops)}" if tops else "")
+    return tops[0]
+
+
+def predict_image(predictor, path, out_dir, used, write):
+    cv2 = import_cv2()
+    image = read_image(path)
     boxes, probabilities = predictor.frame(image)
     for record in predictor.records(path, boxes, probabilities):
         write(record)
-    name = output_name(path, used)
-    if not cv2.imwrite(os.path.join(out_dir, name), predictor.annotate(image, boxes, probabilities)):
-        cv2.imwrite(os.path.join(out_dir, output_name(name, used, ".png")), predictor.annotate(image, boxes, probabilities))
-    tops = [f"{data.EMOTIONS[int(row.argmax())]} ({row.max():.2f})" for row in probabilities]
-    if predictor.detect:
-        return f"{len(boxes)} face{'s' if len(boxes) != 1 else ''}" + (f": {', '.join(tops)}" if tops else "")
-    return tops[0]
+    annotated = predictor.annotate(image, boxes, probabilities)
+    if not cv2.imwrite(os.path.join(out_dir, output_name(path, used)), annotated):
+        cv2.imwrite(os.path.join(out_dir, output_name(path, used, ".png")), annotated)
+    return describe(boxes, probabilities, predictor.detect)
 
 
 def frames_found_ahead(capture, predictor):
@@ -243,12 +289,14 @@ def run_webcam(predictor, camera):
         capture.release()
         raise UserError("no window can be opened: --webcam needs a display and the full OpenCV "
                         "(pip install 'opencv-python<5' in place of opencv-python-headless)") from None
+    find = predictor.live()
     try:
         while True:
             ok, image = capture.read()
             if not ok:
                 raise UserError(f"camera {camera} stopped giving frames")
-            boxes, probabilities = predictor.frame(image, video=True)
+            gray, boxes = find(image)
+            probabilities = predictor.score(gray, boxes)
             cv2.imshow("fer2013-keras (q quits)", predictor.annotate(image, boxes, probabilities))
             if cv2.waitKey(1) & 0xFF == ord("q"):
                 break

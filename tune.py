@@ -33,8 +33,15 @@ from config import (DEFAULTS, MONITORS, TYPES, coerce, dump, flatten, load_confi
                     read_yaml, set_key, validate)
 from resume import STATE, Interrupted, SignalGuard, SignalInterrupt, read_state
 
-with native_stderr_held():
-    import keras_tuner
+try:
+    with native_stderr_held():
+        import keras_tuner
+except ImportError:
+    if __name__ != "__main__":
+        raise
+    print("error: tune.py needs KerasTuner: pip install -r requirements-dev.txt (or pip install keras-tuner)",
+          file=sys.stderr)
+    sys.exit(2)
 
 SEARCH_DEFAULTS = {"name": None, "tuner": "random", "objective": "val_accuracy", "direction": None,
                    "max_trials": 10, "epochs": None, "factor": 3, "seed": None, "space": None}
