@@ -161,3 +161,34 @@ def test_webcam_without_a_display_is_a_clear_error(trained_run, monkeypatch, cap
     with pytest.raises(SystemExit):
         predict.main(["--checkpoint", str(run_dir / "best.keras"), "--webcam", "3"])
     assert "cannot open camera 3" in capsys.readouterr().err
+
+
+def test_a_photo_without_a_face_says_0_faces_and_the_run_goes_on(trained_run, astronaut, tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    coffee = tmp_path / "coffee.png"  # a real photo of a cup of coffee, no face in it
+    cv2.imwrite(str(coffee), cv2.cvtColor(skimage_data.coffee(), cv2.COLOR_RGB2BGR))
+    run_dir, _ = trained_run
+    result = run_script("predict.py", "--checkpoint", run_dir / "best.keras", coffee, astronaut, "--out",
+                        tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"[1/2] {coffee}: 0 faces\n" in result.stdout and f"[2/2] {astronaut}: 1 face: " in result.stdout
+    assert {record["source"] for record in _records(tmp_path / "out")} == {str(astronaut)}
+    assert (tmp_path / "out" / "coffee.png").is_file()  # its copy, with nothing drawn on it
+
+
+def test_a_live_camera_finds_its_face_again_near_where_it_was(astronaut):
+    options = {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30}
+    finder = predict.FaceFinder(options)
+    gray = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2GRAY)
+    [full] = finder(gray)
+    live = predict.LiveFinder(finder, None, every=3)
+    frames = [np.roll(gray, 4 * shift, axis=1) for shift in range(7)]  # the face drifts 4 pixels a frame
+    found = [live(frame) for frame in frames]
+    for shift, boxes in enumerate(found):
+        [(x, y, w, h)] = boxes
+        assert abs(x - (full[0] + 4 * shift)) <= 0.15 * full[2] and abs(y - full[1]) <= 0.15 * full[3], (shift, boxes)
+    # Between full searches, the search near the face sees a small part of the frame: gone from view, it is
+    # searched for in the whole frame at once.
+    blank = np.full_like(gray, 128)
+    assert live(blank) == [] and live.boxes == []
+    assert live(gray) == [full]
