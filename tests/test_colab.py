@@ -28,7 +28,7 @@ def test_notebook_leads_every_step_with_markdown():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     headings = [cell.source.splitlines()[0] for cell in notebook.cells if cell.cell_type == "markdown"]
     for step in ("Check the runtime", "Get the code", "Install", "Google Drive", "FER2013", "Train, or resume",
-                 "Evaluate", "your own photo"):
+                 "Evaluate", "your own photo", "live in the browser"):
         assert any(step in heading for heading in headings), step
     for i, cell in enumerate(notebook.cells[1:], start=1):
         if cell.cell_type == "code":
@@ -58,6 +58,7 @@ def test_notebook_runs_in_local_mode(tmp_path, monkeypatch):
     assert records and all(record["source"].endswith("astronaut.png") for record in records)
     assert all(record["emotion"] in data.EMOTIONS for record in records)
     assert (run_dir / "predictions" / "astronaut.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"local mode: the app for {run_dir / 'best.keras'} is built, not served" in outputs
 
 
 def test_a_failing_script_stops_the_notebook(tmp_path, capsys):
