@@ -19,7 +19,7 @@ import numpy as np
 
 import backends  # noqa: F401  (starts the backend quietly: see backends.py)
 import data
-from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically, write_text
+from common import UserError, exit_on_user_error, native_stderr_held, replaced_atomically, without_home, write_text
 from config import DEFAULTS
 from model import build_model
 
@@ -496,7 +496,7 @@ def write_model_card(checkpoint, out_path, agreement, own_scores=()):
     else:
         lines += [f"{checkpoint} is not in a run directory of train.py: no record of how it was trained."]
     lines += ["", "## Terms", "", FER2013_TERMS, ""]
-    write_text(card_path, "\n".join(lines))
+    write_text(card_path, without_home("\n".join(lines)))
     return card_path
 
 

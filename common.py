@@ -81,6 +81,12 @@ def write_text(path, text):
         f.write(text)
 
 
+def without_home(text):
+    """The text with the user's home folder written as ~, so that no machine's paths land in the repository."""
+    home = os.path.expanduser("~").rstrip("/")
+    return text.replace(home + "/", "~/") if home else text
+
+
 def pyplot():
     """matplotlib.pyplot, drawing to files only (no display needed)."""
     import matplotlib

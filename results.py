@@ -3,6 +3,7 @@
     python results.py ~/fer2013-runs/seed                   # -> results/seed/ and results/seed_vs_notebook.png
     python results.py RUN --out results/NAME [--notebook-log ../shared/notebook/training_log.csv]
     python results.py results/seed --check fer2013.csv      # every metric, recomputed from the predictions
+    python results.py table                                 # the README's Results table, from results/*/
 
 Copies what train.py wrote (config.yaml, environment.json, history.csv, metrics*.json) and the predictions
 (predictions*.csv without the true-label column: FER2013's labels stay out of the repository, and anyone with
@@ -17,12 +18,12 @@ import glob
 import json
 import os
 import shlex
-import shutil
 import sys
 
 import numpy as np
 
-from common import UserError, exit_on_user_error, pyplot, replaced_atomically, save_figure, sha256, write_text
+from common import (UserError, exit_on_user_error, pyplot, replaced_atomically, save_figure, sha256, without_home,
+                    write_text)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOK_LOG = os.path.join(HERE, "..", "shared", "notebook", "training_log.csv")
@@ -198,6 +199,11 @@ def plot_against_notebook(history, notebook, summary, path):
     save_figure(figure, path)
 
 
+def copy_without_home(source, target):
+    with open(source, encoding="utf-8") as f:
+        write_text(target, without_home(f.read()))
+
+
 def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
     """Write out_dir/ and out_dir_vs_notebook.png from run_dir; returns the summary."""
     import pandas as pd
@@ -210,9 +216,9 @@ def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
         print(f"{notebook_log} not found: the picture shows this run only")
     os.makedirs(out_dir, exist_ok=True)
     for name in COPIED:
-        shutil.copyfile(os.path.join(run_dir, name), os.path.join(out_dir, name))
+        copy_without_home(os.path.join(run_dir, name), os.path.join(out_dir, name))
     for path in sorted(glob.glob(os.path.join(run_dir, "metrics*.json"))):
-        shutil.copyfile(path, os.path.join(out_dir, os.path.basename(path)))
+        copy_without_home(path, os.path.join(out_dir, os.path.basename(path)))
     for path in sorted(glob.glob(os.path.join(run_dir, "predictions*.csv"))):
         table = pd.read_csv(path).drop(columns=["true"])
         with replaced_atomically(os.path.join(out_dir, os.path.basename(path))) as temporary:
@@ -224,7 +230,7 @@ def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
         write_text(checksums, "".join(f"{sha256(os.path.join(run_dir, name))}  {name}\n" for name in kept))
     elif os.path.exists(checksums):
         os.remove(checksums)  # a running run's best.keras is not the one its results will name
-    write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    write_text(os.path.join(out_dir, "summary.json"), without_home(json.dumps(summary, indent=2) + "\n"))
     picture = os.path.normpath(out_dir) + "_vs_notebook.png"
     plot_against_notebook(history, notebook, summary, picture)
     print(f"wrote {out_dir}/ and {picture}")
@@ -267,16 +273,69 @@ def check(out_dir, data_path):
     return checked
 
 
+PUBLISHED_ROW = ("the notebook (2018, Keras 2.1.6), published", "0.6317 / -", "-", "0.6263 (87)", "2.1",
+                 "Colab K80, TensorFlow, float32", "-", "published")
+TABLE_HEADER = ("run", "PrivateTest: final weights / best checkpoint", "ten crops: final / best",
+                "best validation accuracy (epoch)", "hours", "machine, backend, precision", "commit", "status")
+
+
+def _accuracy(folder, stem):
+    path = os.path.join(folder, stem)
+    if not os.path.isfile(path):
+        return "-"
+    with open(path, encoding="utf-8") as f:
+        return f"{json.load(f)['accuracy']:.4f}"
+
+
+def table_row(folder):
+    """One row of the Results table from a results folder: its summary.json, environment.json and metrics*.json."""
+    with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    with open(os.path.join(folder, "environment.json"), encoding="utf-8") as f:
+        environment = json.load(f)
+    words = shlex.split(environment.get("command") or "")
+    flags = dict(zip(words[1::2], words[2::2])) if words else {}
+    settings = [value for flag, value in zip(words, words[1:]) if flag == "--set"
+                and not value.startswith(("data.path=", "output."))]
+    if "--init-weights" in flags:
+        settings.append("from " + "/".join(flags["--init-weights"].split("/")[-2:]))
+    config = f"`{flags.get('--config', '?')}`" + (f" ({', '.join(settings)})" if settings else "")
+    scores = " / ".join(f"{summary[key]:.4f}" if key in summary else "-" for key in
+                        ("final_weights_PrivateTest_accuracy", "best_checkpoint_PrivateTest_accuracy"))
+    tencrop = f"{_accuracy(folder, 'metrics-last-tencrop.json')} / {_accuracy(folder, 'metrics-tencrop.json')}"
+    part = summary["parts"][0]
+    device = (part.get("devices") or "").split("; ")[-1].split(" (")[0]
+    machine = device if "gpu" in (part.get("devices") or "") else \
+        f"{environment.get('cpu_cores') or '?'}-core {part.get('cpu')} (family/model {part.get('cpu_family_model')})"
+    machine = f"{machine}, {environment.get('backend', '?')}, {', '.join(sorted({p.get('precision') for p in summary['parts']}))}"
+    commits = ", ".join(dict.fromkeys((p.get("commit") or "?")[:7] for p in summary["parts"]))
+    status = "finished" if summary["finished"] else f"unfinished: {summary['epochs_done']} of {summary['epochs']} epochs"
+    return (f"{config}, `results/{summary['run']}/`", scores, tencrop if tencrop != "- / -" else "-",
+            f"{summary['best_val_accuracy']:.4f} ({summary['best_val_accuracy_epoch']})", f"{summary['hours']:.2f}",
+            machine, commits, status)
+
+
+def results_table(folder=os.path.join(HERE, "results")):
+    """The README's Results table, in Markdown: the published notebook, then every results/*/ folder."""
+    runs = sorted(os.path.dirname(path) for path in glob.glob(os.path.join(folder, "*", "summary.json")))
+    rows = [TABLE_HEADER, ("---",) * len(TABLE_HEADER), PUBLISHED_ROW, *map(table_row, runs)]
+    return "".join("| " + " | ".join(row) + " |\n" for row in rows)
+
+
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="the run directory train.py wrote (with --check: a results folder)")
+    parser.add_argument("run", help="the run directory train.py wrote (with --check: a results folder; 'table': "
+                                    "print the README's Results table from results/*/)")
     parser.add_argument("--check", metavar="FER2013_CSV",
                         help="instead: recompute a results folder's metrics from its predictions and these labels")
     parser.add_argument("--out", help="default: results/<the run's name>")
     parser.add_argument("--notebook-log", default=NOTEBOOK_LOG,
                         help="the published training log (default: ../shared/notebook/training_log.csv)")
     args = parser.parse_args(argv)
+    if args.run == "table":
+        print(results_table(), end="")
+        return 0
     if not os.path.isdir(args.run):
         raise UserError(f"{args.run}: no such folder")
     if args.check:

@@ -1,6 +1,7 @@
 """results.py's reading of a history: the plateau, and when the notebook's EarlyStopping as written would act;
 and the committed results/, recomputed from their predictions and FER2013's labels."""
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -82,3 +83,30 @@ def test_a_finished_run_fetched_without_its_checkpoints_counts_as_finished(tmp_p
     (run / "last.keras").write_bytes(b"weights")
     results.publish(str(run), str(out), notebook_log=None)
     assert (out / "checkpoints.sha256").read_text().endswith("  last.keras\n")
+
+
+def test_the_readme_results_table_is_what_the_results_folders_say():
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- made by `python results.py table`")
+    table = readme[readme.index("\n", start) + 1:readme.index("<!-- end of table -->")]
+    assert table == results.results_table()
+    # Every folder of results/ is a row, and every row's folder is in results/.
+    folders = {path.name for path in (ROOT / "results").iterdir() if path.is_dir()}
+    assert folders == set(re.findall(r"`results/([^/`]+)/`", table))
+
+
+def test_a_results_table_row_reads_the_run_it_came_from(tmp_path):
+    folder = tmp_path / "gpu-run"
+    folder.mkdir()
+    (folder / "environment.json").write_text(json.dumps({
+        "command": "train.py --config configs/x.yaml --init-weights 'a b/old/best.keras' --set train.seed=3 "
+                   "--set data.path=/data/fer.csv --set output.name=gpu-run", "backend": "jax", "cpu_cores": 16}))
+    summary = {"run": "gpu-run", "finished": False, "epochs_done": 7, "epochs": 10, "best_val_accuracy": 0.61234,
+               "best_val_accuracy_epoch": 6, "hours": 0.1234, "final_weights_PrivateTest_accuracy": 0.7001,
+               "parts": [{"commit": "0123456789abcdef", "cpu": "Intel", "precision": "bfloat16",
+                          "devices": "gpu:0; NVIDIA H200 (compute capability 9.0)"}]}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "metrics-tencrop.json").write_text(json.dumps({"accuracy": 0.74567}))
+    assert results.table_row(str(folder)) == (
+        "`configs/x.yaml` (train.seed=3, from old/best.keras), `results/gpu-run/`", "0.7001 / -", "- / 0.7457",
+        "0.6123 (6)", "0.12", "NVIDIA H200, jax, bfloat16", "0123456", "unfinished: 7 of 10 epochs")
