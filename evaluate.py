@@ -5,7 +5,7 @@
     python evaluate.py --checkpoint model.json --weights model.h5       # the 2018 notebook's own files
 
 Prints the accuracy and a per-class report, and writes metrics.json and confusion_matrix.png beside the
-checkpoint (or in --out). For a checkpoint not named best.keras the files carry its name
+checkpoint (or in --out; for the model shipped in models/, in runs/evaluate-<its name>/). For a checkpoint not named best.keras the files carry its name
 (metrics-last.json, confusion_matrix-last.png) so that evaluations of one run never overwrite each other.
 """
 import argparse
@@ -17,7 +17,7 @@ import numpy as np
 
 import backends
 import data
-from checkpoints import load_checkpoint, shipped_model
+from checkpoints import MODELS, load_checkpoint, shipped_model
 from common import UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure, write_text
 from config import config_beside
 
@@ -178,6 +178,15 @@ def data_for(checkpoint, data_path):
     return config["data"]["path"], config["data"]["limit"], config["data"]["cache_dir"]
 
 
+def default_out(checkpoint):
+    """Beside the checkpoint; for a model shipped in models/, runs/evaluate-<its name>/, so that models/ holds
+    the shipped files alone (and no file with FER2013's labels)."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if os.path.isdir(MODELS) and os.path.samefile(folder, MODELS):
+        return os.path.join("runs", "evaluate-" + os.path.splitext(os.path.basename(checkpoint))[0])
+    return folder
+
+
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -186,7 +195,8 @@ def main(argv=None):
     parser.add_argument("--weights", help="weights for a model.json (default: the .h5 beside it)")
     parser.add_argument("--data", help="fer2013.csv or image folder (default: the run's data.path)")
     parser.add_argument("--split", default="PrivateTest", choices=data.USAGES, help="default: PrivateTest")
-    parser.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: beside the checkpoint)")
+    parser.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: beside the checkpoint; "
+                                      "for a model shipped in models/, runs/evaluate-<its name>/)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--tta", nargs="?", const="flip", choices=("flip", "tencrop"),
                         help="test-time augmentation: flip (the default) averages each face with its mirror image; "
@@ -201,7 +211,7 @@ def main(argv=None):
     metrics, probabilities = evaluate_model(model, faces, args.split, args.batch_size, args.tta)
     metrics = {"checkpoint": args.checkpoint, "data": data_path, **metrics}
     print_report(metrics)
-    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    out_dir = args.out or default_out(args.checkpoint)
     for path in write_report(metrics, probabilities, faces, out_dir, args.checkpoint):
         print(f"wrote {path}")
     return 0

@@ -62,4 +62,15 @@ def test_predict_names_the_emotion_in_the_readme_photo_without_a_checkpoint(tmp_
     assert result.stdout.splitlines()[0] == f"using the shipped model {SHIPPED[0]} (no --checkpoint given)"
     records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 1  # one face, found and named
-    assert records[0]["emotion"] in data.EMOTIONS and (tmp_path / "astronaut.jpg").is_file()
+    assert records[0]["emotion"] == "Happy" and (tmp_path / "astronaut.jpg").is_file()
+
+
+def test_evaluate_without_a_checkpoint_writes_under_runs_and_leaves_models_alone(synthetic_csv, tmp_path):
+    before = {path.name: path.stat().st_mtime_ns for path in (ROOT / "models").iterdir()}
+    result = run_script("evaluate.py", "--data", synthetic_csv, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {path.name: path.stat().st_mtime_ns for path in (ROOT / "models").iterdir()} == before
+    written = tmp_path / "runs" / f"evaluate-{SHIPPED[0].stem}"
+    stem = SHIPPED[0].stem  # named after the checkpoint, as for any checkpoint not called best.keras
+    assert {f"metrics-{stem}.json", f"predictions-{stem}.csv", f"confusion_matrix-{stem}.png"} <= {
+        path.name for path in written.iterdir()}
