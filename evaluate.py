@@ -17,6 +17,7 @@ import numpy as np
 
 import backends
 import data
+import fingerprint
 from checkpoints import MODELS, load_checkpoint, shipped_model
 from common import UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure, write_text
 from config import config_beside
@@ -98,8 +99,9 @@ def report_names(checkpoint, tta=None):
 
 def write_report(metrics, probabilities, faces, out_dir, checkpoint):
     """metrics.json, confusion_matrix.png, predictions.csv and mistakes.png (names as report_names) in out_dir;
-    returns their paths. predictions.csv has one row per face of the split, in file order: the true label, the
-    predicted one and the 7 probabilities, from which anyone can recompute the scores."""
+    returns their paths. predictions.csv has one row per face of the split, in file order: its fingerprint (which
+    finds the face in any copy of FER2013), the true label, the predicted one and the 7 probabilities, from which
+    anyone can recompute the scores."""
     import pandas as pd
 
     os.makedirs(out_dir, exist_ok=True)
@@ -108,7 +110,8 @@ def write_report(metrics, probabilities, faces, out_dir, checkpoint):
     write_text(json_path, json.dumps(metrics, indent=2) + "\n")
     plot_confusion_matrix(metrics, png_path)
     plot_mistakes(faces, probabilities, mistakes_path)
-    table = pd.DataFrame({"row": np.arange(len(faces)), "true": faces.labels.astype(np.int64),
+    prints = fingerprint.encode(fingerprint.fingerprints(faces.images))
+    table = pd.DataFrame({"row": np.arange(len(faces)), "face": prints, "true": faces.labels.astype(np.int64),
                           "predicted": probabilities.argmax(axis=1)})
     for index, name in enumerate(data.EMOTIONS):
         table[f"p_{name}"] = np.round(probabilities[:, index].astype(np.float64), 6)

@@ -243,6 +243,7 @@ def check(out_dir, data_path):
     import pandas as pd
 
     import data
+    import fingerprint
 
     faces = data.read_faces(data_path, None)
     checked = []
@@ -254,13 +255,20 @@ def check(out_dir, data_path):
         if not os.path.isfile(predictions_path):
             raise UserError(f"{metrics_path}: no {os.path.basename(predictions_path)} beside it")
         table = pd.read_csv(predictions_path)
-        truth = faces.labels[faces.usage == data.USAGES.index(metrics["split"])].astype(np.int64)
+        split = faces.select(faces.usage == data.USAGES.index(metrics["split"]))
         predicted = table["predicted"].to_numpy()
+        if "face" in table.columns:  # each prediction finds its face by its fingerprint, in any row order
+            where = f"{data_path} ({metrics['split']})"
+            rows = fingerprint.match(fingerprint.decode(list(table["face"])), predicted, split.images, split.labels,
+                                     where)
+        else:  # files written before fingerprints: the face's position within its split
+            rows = table["row"].to_numpy()
+        truth = split.labels.astype(np.int64)[rows]
         probabilities = table[[f"p_{name}" for name in data.EMOTIONS]].to_numpy()
         counts = np.zeros((len(data.EMOTIONS),) * 2, np.int64)
-        np.add.at(counts, (truth[table["row"].to_numpy()], predicted), 1)
-        found = {"rows": (len(table), metrics["n"], len(truth)),
-                 "accuracy": (round(float(np.mean(predicted == truth[table["row"]])), 6), round(metrics["accuracy"], 6)),
+        np.add.at(counts, (truth, predicted), 1)
+        found = {"rows": (len(table), metrics["n"], len(split)),
+                 "accuracy": (round(float(np.mean(predicted == truth)), 6), round(metrics["accuracy"], 6)),
                  "confusion_matrix": (counts.tolist(), metrics["confusion_matrix"]),
                  "predicted = argmax of the probabilities": (True, bool(np.all(
                      probabilities[np.arange(len(table)), predicted] >= probabilities.max(axis=1) - 1e-6)))}

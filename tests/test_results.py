@@ -2,12 +2,17 @@
 and the committed results/, recomputed from their predictions and FER2013's labels."""
 import json
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+import data
+import fingerprint
 import results
+from common import UserError
 from conftest import ROOT, assert_user_error, run_script
 
 PUBLISHED_LOG = ROOT.parent / "shared" / "notebook" / "training_log.csv"
@@ -39,10 +44,86 @@ def test_the_published_log_reads_as_its_readme_says():
     assert results.early_stopping_epoch(log) == 7  # "would have stopped this very run after epoch 7"
 
 
-@pytest.mark.parametrize("folder", sorted(path.parent.name for path in (ROOT / "results").glob("*/metrics*.json")))
+FOLDERS = sorted({path.parent.name for path in (ROOT / "results").glob("*/metrics*.json")})
+
+
+def moved_copy(faces, path, seed=7):
+    """The faces in another order within each Usage block, every pixel moved by up to ±3 grey levels."""
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(np.flatnonzero(faces.usage == usage)) for usage in range(3)])
+    moved = faces.select(order)
+    noise = rng.integers(-3, 4, moved.images.shape)
+    data.write_csv(path, data.Faces(np.clip(moved.images + noise, 0, 255).astype(np.uint8), moved.labels, moved.usage))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fer2013_moved(fer2013_faces, tmp_path_factory):
+    return moved_copy(fer2013_faces, tmp_path_factory.mktemp("moved") / "fer2013.csv")
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
 def test_committed_results_recompute_from_fer2013_labels(folder, fer2013_csv):
     checked = results.check(ROOT / "results" / folder, fer2013_csv)
     assert checked and all(Path(path).name.startswith("predictions") for path in checked)
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_committed_results_recompute_from_a_reordered_jittered_copy(folder, fer2013_moved):
+    assert results.check(ROOT / "results" / folder, fer2013_moved)
+
+
+def test_a_committed_prediction_changed_fails_the_check(fer2013_moved, tmp_path):
+    folder = tmp_path / "seed"
+    shutil.copytree(ROOT / "results" / "seed", folder)
+    table = pd.read_csv(folder / "predictions-last.csv")
+    table.loc[0, "predicted"] = (table.loc[0, "predicted"] + 1) % 7
+    table.to_csv(folder / "predictions-last.csv", index=False)
+    with pytest.raises(UserError, match="recomputes to"):
+        results.check(folder, fer2013_moved)
+
+
+def synthetic_results(folder, faces, split="PrivateTest"):
+    """A results folder for `faces`' split, with the columns results.py keeps: every fifth face predicted wrong."""
+    chosen = faces.select(faces.usage == data.USAGES.index(split))
+    predicted = np.where(np.arange(len(chosen)) % 5 == 0, (chosen.labels + 1) % 7, chosen.labels)
+    probabilities = np.eye(7, dtype=np.float32)[predicted] * 0.9 + 0.1 / 7
+    metrics = {"split": split, "n": len(chosen), "accuracy": float(np.mean(predicted == chosen.labels)),
+               "confusion_matrix": np.histogram2d(chosen.labels, predicted, bins=7, range=[[0, 7], [0, 7]])[0]
+               .astype(int).tolist(), "classes": list(data.EMOTIONS)}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    prints = fingerprint.encode(fingerprint.fingerprints(chosen.images))
+    columns = {"row": np.arange(len(chosen)), "face": prints, "predicted": predicted}
+    columns.update({f"p_{name}": probabilities[:, i] for i, name in enumerate(data.EMOTIONS)})
+    pd.DataFrame(columns).to_csv(folder / "predictions.csv", index=False)
+    return folder
+
+
+def test_predictions_find_their_faces_in_any_order_and_fail_when_faces_are_missing(synthetic_csv, tmp_path):
+    faces = data.read_faces(synthetic_csv, None)
+    folder = synthetic_results(tmp_path, faces)
+    assert results.check(folder, synthetic_csv)
+    assert results.check(folder, moved_copy(faces, tmp_path / "moved.csv"))
+    # The copy without 3 of the split's faces: a clear message, not a wrong figure.
+    private = np.flatnonzero(faces.usage == data.USAGES.index("PrivateTest"))
+    data.write_csv(tmp_path / "fewer.csv", faces.select(np.setdiff1d(np.arange(len(faces)), private[:3])))
+    with pytest.raises(UserError, match="3 of the 200 faces predicted are not in"):
+        results.check(folder, tmp_path / "fewer.csv")
+
+
+def test_two_alike_faces_with_other_labels_and_other_predictions_are_ambiguous():
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (1, 48, 48), dtype=np.uint8)
+    other = rng.integers(0, 256, (1, 48, 48), dtype=np.uint8)
+    images = np.concatenate([face, face, other])
+    prints = fingerprint.fingerprints(images)
+    # Same predictions for the twins: any match gives the same scores.
+    assert sorted(fingerprint.match(prints, np.array([1, 1, 2]), images, np.array([3, 4, 2]), "copy")[:2]) == [0, 1]
+    with pytest.raises(UserError, match="cannot tell which is which"):
+        fingerprint.match(prints, np.array([1, 2, 2]), images, np.array([3, 4, 2]), "copy")
+    # A blank face matches a blank face, whatever its noise.
+    blank = np.zeros((1, 48, 48), np.uint8)
+    assert fingerprint.match(fingerprint.fingerprints(blank), np.array([0]), blank + 3, np.array([0]), "copy") == [0]
 
 
 def test_results_of_a_folder_that_is_no_run(tmp_path):
