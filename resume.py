@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from common import UserError, native_stderr_held, replaced_atomically, write_text
+from common import UserError, native_stderr_held, replaced_atomically, signal_at, write_text
 
 with native_stderr_held():
     import keras
@@ -102,6 +102,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if os.path.exists(self.filepath):
+            signal_at(f"replace {os.path.basename(self.final_path)} epoch {epoch + 1}")
             os.replace(self.filepath, self.final_path)
 
 

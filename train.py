@@ -33,8 +33,8 @@ import data
 import evaluate
 import resume as resume_lib
 import synthetic
-from common import (UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure,
-                    sha256, write_text)
+from common import (TEST_SIGNAL, UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically,
+                    save_figure, sha256, signal_at, write_text)
 from config import dump, load_config, monitor_mode, monitor_name
 from model import build_model
 from resume import Interrupted
@@ -139,6 +139,16 @@ def create_run_dir(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)
         raise UserError(f"cannot write the run directory {run_dir}: {error.strerror}") from None
     return run_dir
+
+
+class SignalAt(keras.callbacks.Callback):
+    """For tests: common.signal_at at the start of every batch, named "epoch E batch B" (both from 1)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_begin(self, batch, logs=None):
+        signal_at(f"epoch {self.epoch} batch {batch + 1}")
 
 
 def make_callbacks(config, run_dir, state=None, shuffle_seed=None):
@@ -367,6 +377,8 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
             write_text(os.path.join(run_dir, "config.yaml"), dump(config))
             announce(model, run_dir, precision, why, distribution, state, init_weights)
             callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, shuffle_seed)
+            if os.environ.get(TEST_SIGNAL):
+                callbacks.insert(0, SignalAt())
             fit(model, config, callbacks, splits, state, shuffle_seed)
             save_exports(model, run_dir)
             plot_curves(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))

@@ -1,6 +1,8 @@
 """backends.py: precision and XLA choices, oneDNN, data parallelism, and the other Keras backends."""
+import contextlib
 import json
 import os
+import socket
 
 import numpy as np
 import pandas as pd
@@ -9,7 +11,7 @@ import pytest
 import backends
 import synthetic
 import train
-from common import UserError
+from common import TEST_SIGNAL, UserError
 from conftest import ROOT, assert_user_error, make_rows, run_script, write_rows
 
 
@@ -209,16 +211,18 @@ def test_train_with_a_bad_tf_config_stops_in_one_line_and_writes_nothing(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-def _free_ports(count):
-    import socket
-
+@contextlib.contextmanager
+def _held_ports(count):
+    """Free ports on 127.0.0.1 for a cluster. TF_CONFIG and JAX's coordinator need their numbers before the
+    processes start, and the TensorFlow cluster did not come up while this process held them bound (tried with
+    SO_REUSEPORT), so they are closed again first: another program could take one in between."""
     sockets = [socket.socket() for _ in range(count)]
     for sock in sockets:
         sock.bind(("127.0.0.1", 0))
     ports = [sock.getsockname()[1] for sock in sockets]
     for sock in sockets:
         sock.close()
-    return ports
+    yield ports
 
 
 def _cluster_env(backend, ports, index, tmp_path):
@@ -239,33 +243,32 @@ def test_two_processes_write_one_run_directory_and_resume_together(backend, tmp_
     """Two workers (TensorFlow's MultiWorkerMirroredStrategy from TF_CONFIG, or keras.distribution on JAX) on
     127.0.0.1 sharing one output folder, both killed after epoch 1 and resumed: one run directory with every
     epoch, the same final weights and shuffling in both, nothing left elsewhere."""
-    import signal
+    pytest.importorskip(backend)
+    with _held_ports(2) as ports:
+        _two_workers_killed_and_resumed(backend, ports, tmp_path, synthetic_csv)
+
+
+def _two_workers_killed_and_resumed(backend, ports, tmp_path, synthetic_csv):
     import subprocess
     import sys
-    import time
 
-    pytest.importorskip(backend)
-    ports = _free_ports(2)
     run_dir = tmp_path / "runs" / "mw"
 
-    def start(*args):
+    def start(*args, signal_at=None):
+        extra = {TEST_SIGNAL: signal_at} if signal_at else {}
         return [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT,
-                                 env=_cluster_env(backend, ports, index, tmp_path), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for index in range(2)]
+                                 env={**_cluster_env(backend, ports, index, tmp_path), **extra},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for index in range(2)]
 
     # No train.seed: the chief's fresh shuffling seed must reach the other worker.
     first = start("--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}", "--set", "data.limit=200",
                   "--set", "model.filters=[4]", "--set", "model.dense=[8]",  # little for XLA to compile
                   "--set", "train.epochs=2", "--set", "train.precision=float32", "--set", "train.seed=null",
-                  "--set", f"output.dir={tmp_path / 'runs'}", "--set", "output.name=mw", "--no-evaluate")
-    deadline = time.time() + 400
-    while not ((run_dir / "history.csv").exists() and len((run_dir / "history.csv").read_text().splitlines()) > 1):
-        assert time.time() < deadline and all(p.poll() is None for p in first), [p.communicate()[0][-3000:]
-                                                                                for p in first if p.poll() is not None]
-        time.sleep(0.2)
-    for process in first:
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
+                  "--set", f"output.dir={tmp_path / 'runs'}", "--set", "output.name=mw", "--no-evaluate",
+                  signal_at="SIGKILL@epoch 2 batch 1")  # each worker kills itself as epoch 2 begins
+    outputs = [process.communicate(timeout=400)[0] for process in first]
+    assert [process.returncode for process in first] == [-9, -9], [output[-3000:] for output in outputs]
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0]
     killed_leftovers = set((tmp_path / "tmp1").iterdir())  # a kill -9 leaves the worker no time to clean up
     resumed = start("--resume", run_dir, "--no-evaluate")
     outputs = [process.communicate(timeout=400)[0] for process in resumed]
@@ -283,9 +286,10 @@ def test_two_processes_write_one_run_directory_and_resume_together(backend, tmp_
 @pytest.mark.parametrize("backend, index", [("tensorflow", 0), ("jax", 1)])  # the chief alone, a worker alone
 def test_a_worker_alone_stops_in_one_line_after_the_cluster_timeout(backend, index, tmp_path, synthetic_csv):
     pytest.importorskip(backend)
-    result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
-                        "--set", "train.cluster_timeout=2", "--set", f"output.dir={tmp_path / 'runs'}",
-                        env=_cluster_env(backend, _free_ports(2), index, tmp_path), timeout=120)
+    with _held_ports(2) as ports:
+        result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
+                            "--set", "train.cluster_timeout=2", "--set", f"output.dir={tmp_path / 'runs'}",
+                            env=_cluster_env(backend, ports, index, tmp_path), timeout=120)
     assert_user_error(result, "not every process of the cluster came within 2 s",
                       "1 of 2 came" if index == 0 else "did not let this process (rank 1) go on")
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []

@@ -1,9 +1,8 @@
 """resume.py and train.py: resumable training, atomic checkpoints, reproducible runs, clear errors for bad checkpoints and output."""
 import json
-import signal
+import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,7 @@ import pytest
 
 import checkpoints
 import train
-from common import UserError
+from common import TEST_SIGNAL, UserError
 from config import load_config
 from conftest import ROOT, assert_user_error, run_script
 
@@ -19,17 +18,12 @@ SHORT = ["--config", "configs/demo.yaml", "--set", "data.limit=300", "--set", "t
          "--set", "train.precision=float32", "--no-evaluate"]
 
 
-def start(*args):
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT,
+def start(*args, signal_at=None):
+    """train.py in a process of its own; with signal_at ("SIGINT@epoch 2 batch 2"), it signals itself there
+    (common.signal_at), so the interruption lands at that point on any machine."""
+    env = {**os.environ, TEST_SIGNAL: signal_at} if signal_at else None
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, process, timeout=300):
-    deadline = time.time() + timeout
-    while not condition():
-        assert process.poll() is None, process.communicate()
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def epochs_done(run_dir):
@@ -55,9 +49,8 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, sho
     whole = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=whole")
     run_dir = tmp_path / "broken"
     # Ctrl-C during epoch 2: exit 130, the resume command, and epoch 1 kept.
-    process = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=broken")
-    wait_for(lambda: epochs_done(run_dir) == 1, process)
-    process.send_signal(signal.SIGINT)
+    process = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=broken",
+                    signal_at="SIGINT@epoch 2 batch 2")
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert f"interrupted at epoch 2; resume with: python train.py --resume {run_dir}" in stderr
@@ -67,12 +60,9 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, sho
     assert whole.returncode == 0, whole_stderr[-3000:]
 
     # kill -9 in the middle of epoch 3 of the resumed run: nothing can run at exit, state is what was on disk.
-    process = start("--resume", run_dir, "--no-evaluate")
-    wait_for(lambda: epochs_done(run_dir) == 2, process)
-    time.sleep(0.3)
-    process.kill()
-    process.communicate(timeout=60)
-    assert epochs_done(run_dir) in (2, 3)
+    process = start("--resume", run_dir, "--no-evaluate", signal_at="SIGKILL@epoch 3 batch 2")
+    process.communicate(timeout=300)
+    assert process.returncode == -9 and epochs_done(run_dir) == 2
 
     final = run_script("train.py", "--resume", run_dir, "--no-evaluate")
     assert final.returncode == 0, final.stderr[-3000:]
@@ -95,10 +85,10 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, sho
 def test_an_unseeded_run_resumes_in_its_own_shuffle_order(tmp_path, short_data):
     run_dir = tmp_path / "unseeded"
     process = start(*SHORT, *short_data, "--set", "train.seed=null", "--set", "data.limit=100", "--set",
-                    "train.epochs=2", "--set", f"output.dir={tmp_path}", "--set", "output.name=unseeded")
-    wait_for(lambda: epochs_done(run_dir) == 1, process)
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=120)
+                    "train.epochs=2", "--set", f"output.dir={tmp_path}", "--set", "output.name=unseeded",
+                    signal_at="SIGTERM@epoch 2 batch 1")
+    process.communicate(timeout=300)
+    assert process.returncode == 143 and epochs_done(run_dir) == 1
     drawn = json.loads((run_dir / "state.json").read_text())["shuffle_seed"]
     assert isinstance(drawn, int)
     resumed = run_script("train.py", "--resume", run_dir, "--no-evaluate")
@@ -108,34 +98,27 @@ def test_an_unseeded_run_resumes_in_its_own_shuffle_order(tmp_path, short_data):
 
 
 def test_sigterm_before_the_first_epoch_keeps_nothing(tmp_path, short_data):
-    process = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=early")
-    wait_for(lambda: (tmp_path / "early" / "config.yaml").exists(), process)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    process = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=early",
+                    signal_at="SIGTERM@epoch 1 batch 2")
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 143
     assert "before any epoch was complete: nothing was kept" in stderr
     assert not (tmp_path / "early").exists() and list(tmp_path.iterdir()) == []
 
 
 def test_a_kill_while_best_keras_is_written_leaves_the_previous_one(tmp_path, short_data):
-    # A wide dense layer makes the checkpoint large enough (about 80 MB with Adam's state) that its writing
-    # can be caught in the act; every epoch writes it.
-    run_dir = tmp_path / "big"
-    process = start(*SHORT, *short_data, "--set", "model.dense=[8192]", "--set", "data.limit=100",
-                    "--set", "callbacks.checkpoint.save_best_only=false",
-                    "--set", f"output.dir={tmp_path}", "--set", "output.name=big")
-    wait_for(lambda: epochs_done(run_dir) == 1, process)
-    previous = (run_dir / "best.keras").read_bytes()
-    wait_for(lambda: (run_dir / "best.writing.keras").exists(), process)
-    process.kill()
-    process.communicate(timeout=60)
-    assert (run_dir / "best.writing.keras").exists()  # caught mid-write
-    # The checkpoint on disk is a whole one: epoch 1's, or (on a busy machine, where the poll can miss epoch 2's
-    # write and catch epoch 3's) epoch 2's, with the state saying so.
-    assert epochs_done(run_dir) in (1, 2)
-    assert any(w.shape[-1] == 8192 for w in weights(run_dir / "best.keras"))  # it loads, with the wide layer
-    if epochs_done(run_dir) == 1:
-        assert (run_dir / "best.keras").read_bytes() == previous
+    # Killed as epoch 2's best.keras is written whole under its temporary name, before the rename.
+    # A twin, killed as epoch 2 begins, holds epoch 1's best.keras (the same seed trains the same weights).
+    run_dir, twin_dir = tmp_path / "big", tmp_path / "twin"
+    common = [*SHORT, *short_data, "--set", "data.limit=100", "--set", "callbacks.checkpoint.save_best_only=false",
+              "--set", f"output.dir={tmp_path}"]
+    processes = [start(*common, "--set", "output.name=big", signal_at="SIGKILL@replace best.keras epoch 2"),
+                 start(*common, "--set", "output.name=twin", signal_at="SIGKILL@epoch 2 batch 1")]
+    assert [process.communicate(timeout=300) and process.returncode for process in processes] == [-9, -9]
+    assert (run_dir / "best.writing.keras").exists()  # epoch 2's, written whole but never renamed
+    assert epochs_done(run_dir) == 1
+    for a, b in zip(weights(run_dir / "best.keras"), weights(twin_dir / "best.keras")):
+        np.testing.assert_array_equal(a, b)
     resumed = run_script("train.py", "--resume", run_dir, "--no-evaluate")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not list(run_dir.glob("*.writing*"))
