@@ -34,8 +34,12 @@ def test_auto_precision_follows_the_cpu(tmp_path, monkeypatch):
 
 
 def test_tensorflow_runs_onednn_kernels_unless_told_not_to():
+    import platform
     import subprocess
     import sys
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"TensorFlow runs oneDNN's kernels on x86-64 CPUs only, not on {platform.machine()}")
 
     def run(**settings):
         env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}

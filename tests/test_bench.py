@@ -2,6 +2,7 @@
 the precision check's BatchNormalization statistics. (Speed itself is measured by bench.py and reported in the
 README, never asserted here.)"""
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -66,6 +67,8 @@ def test_bench_kernels_finds_the_convolutions_in_onednns_log(synthetic_csv):
 
     if backends.backend() != "tensorflow":
         pytest.skip("oneDNN's log comes from TensorFlow's CPU kernels")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"TensorFlow runs oneDNN's kernels on x86-64 CPUs only, not on {platform.machine()}")
     result = run_script("bench.py", "kernels", "--data", synthetic_csv, "--steps", 3, "--batch-size", 4,
                         "--precisions", "float32")
     assert result.returncode == 0, result.stderr[-3000:]
