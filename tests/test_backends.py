@@ -33,6 +33,7 @@ def test_auto_precision_follows_the_cpu(tmp_path, monkeypatch):
     assert backends.choose_precision("mixed_bfloat16") == ("mixed_bfloat16", "as configured")
 
 
+@pytest.mark.slow
 def test_tensorflow_runs_onednn_kernels_unless_told_not_to():
     import platform
     import subprocess
@@ -109,6 +110,7 @@ train.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_cpu_devices_matches_one_device(tmp_path, synthetic_csv):
     # Both runs see the same seed, initial weights and batches, and BatchNormalization normalizes each replica's
     # half of a batch with the whole batch's statistics (synchronized), as one device does; only the order of
@@ -131,6 +133,7 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_one_device(tmp_path, synth
         assert abs(mirrored - single) / single < 0.01, (column, single, mirrored)
 
 
+@pytest.mark.slow
 def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
     """On JAX with no TensorFlow installed, as on a GPU machine with jax[cuda12] and keras alone (the faithful run's
     machine): an `import tensorflow` that fails, first on the path, stands in for the missing package."""
@@ -162,6 +165,7 @@ def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
                - final["accuracy"]) <= 0.01
 
 
+@pytest.mark.slow
 def test_jax_data_parallel_over_two_cpu_devices(tmp_path):
     pytest.importorskip("jax")
     # Odd row counts everywhere, so that batches must be cut (training, validation) or padded (predictions).
@@ -208,6 +212,7 @@ def test_malformed_jax_process_settings_are_one_clear_error(monkeypatch):
         monkeypatch.setenv(name, good[name])
 
 
+@pytest.mark.slow
 def test_train_with_a_bad_tf_config_stops_in_one_line_and_writes_nothing(tmp_path, synthetic_csv):
     result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
                         "--set", f"output.dir={tmp_path}", env={"TF_CONFIG": "{not json"})
@@ -242,6 +247,7 @@ def _cluster_env(backend, ports, index, tmp_path):
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_two_processes_write_one_run_directory_and_resume_together(backend, tmp_path, synthetic_csv):
     """Two workers (TensorFlow's MultiWorkerMirroredStrategy from TF_CONFIG, or keras.distribution on JAX) on
@@ -287,6 +293,7 @@ def _two_workers_killed_and_resumed(backend, ports, tmp_path, synthetic_csv):
     assert set((tmp_path / "tmp1").iterdir()) == killed_leftovers  # the resumed worker's own folder is gone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, index", [("tensorflow", 0), ("jax", 1)])  # the chief alone, a worker alone
 def test_a_worker_alone_stops_in_one_line_after_the_cluster_timeout(backend, index, tmp_path, synthetic_csv):
     pytest.importorskip(backend)

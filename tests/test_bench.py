@@ -9,6 +9,8 @@ import pytest
 
 from conftest import run_script
 
+pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
+
 
 def _figures(output):
     return [figure for figure in map(json.loads, (line for line in output.splitlines() if line.startswith("{")))

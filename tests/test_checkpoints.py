@@ -118,6 +118,7 @@ def test_a_keras2_whole_model_file_with_any_extension(tmp_path, published_json, 
         _same_predictions(checkpoints.load_checkpoint(str(tmp_path / name)), published_network)
 
 
+@pytest.mark.slow
 def test_evaluate_and_convert_from_the_command_line(notebook_files, published_network, synthetic_csv, tmp_path):
     result = run_script("evaluate.py", "--checkpoint", notebook_files / "model.json", "--weights",
                         notebook_files / "model.h5", "--data", synthetic_csv, "--out", tmp_path / "eval")
@@ -133,6 +134,7 @@ def test_evaluate_and_convert_from_the_command_line(notebook_files, published_ne
     _same_predictions(keras.saving.load_model(out), published_network)
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_notebooks_weights(notebook_files, published_network, synthetic_csv, tmp_path):
     import keras
 
@@ -168,6 +170,7 @@ def test_fine_tuning_starts_from_the_notebooks_weights(notebook_files, published
     assert not (tmp_path / "mismatch").exists()
 
 
+@pytest.mark.slow
 def test_bad_notebook_files_get_one_line(notebook_files, published_json, published_network, tmp_path):
     other = json.loads(published_json)
     next(layer for layer in other["config"] if layer["config"]["name"] == "dense_3")["config"]["units"] = 64
@@ -195,6 +198,7 @@ def test_bad_notebook_files_get_one_line(notebook_files, published_json, publish
     assert not (tmp_path / "out.keras").exists()
 
 
+@pytest.mark.slow
 def test_the_shipped_model_is_the_default_checkpoint(tmp_path, trained_run, capsys):
     run_dir, _ = trained_run
     with pytest.raises(UserError, match="no model is shipped in .* yet"):
@@ -214,6 +218,7 @@ def test_the_shipped_model_is_the_default_checkpoint(tmp_path, trained_run, caps
             assert "no --checkpoint given" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ship_makes_a_float32_model_with_half_size_weights_that_loads_on_every_backend(tmp_path, trained_run,
                                                                                        synthetic_csv, capsys):
     import keras

@@ -4,12 +4,15 @@ never the internet)."""
 import json
 
 import nbformat
+import pytest
 import numpy as np
 from PIL import Image
 
 import data
 import download
 from conftest import ROOT, assert_user_error, run_script
+
+pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
 
 NOTEBOOK = ROOT / "colab.ipynb"
 

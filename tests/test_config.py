@@ -103,6 +103,7 @@ def test_yaml_syntax_error_gives_its_line(tmp_path):
         load_config(path)
 
 
+@pytest.mark.slow
 def test_bad_config_on_the_command_line_is_one_line_and_exit_2(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 0\n")

@@ -80,6 +80,7 @@ def test_gzip_crlf_spaces_quotes_column_order_and_blank_lines_read_the_same(tmp_
         assert (labels, usage) == (expected[1], expected[2]), name
 
 
+@pytest.mark.slow
 def test_plain_files_take_the_chunked_reader_and_it_agrees_with_the_tolerant_one(tmp_path):
     rows = make_rows(USAGE_ORDER * 300)  # several chunks of rows
     plain = write_rows(tmp_path / "plain.csv", rows)
@@ -185,6 +186,7 @@ def test_every_bad_csv_gets_a_message_with_file_line_and_fault(tmp_path):
             assert fragment in message, (case, fragment, message)
 
 
+@pytest.mark.slow
 def test_every_bad_csv_exits_2_with_one_line_from_the_command_line(tmp_path):
     for case, (path, fragments) in _bad_files(tmp_path).items():
         assert_user_error(run_script("data.py", path), str(path), *fragments)
@@ -323,6 +325,7 @@ def test_real_fer2013_counts(fer2013_faces):
     assert np.all(np.diff(fer2013_faces.usage.astype(int)) >= 0)
 
 
+@pytest.mark.slow
 def test_real_fer2013_load_data_shapes_and_values(fer2013_csv):
     x_train, y_train, x_test, y_test = data.load_data(fer2013_csv)
     assert x_train.shape == (32298, 48, 48, 1) and y_train.shape == (32298, 7)

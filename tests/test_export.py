@@ -15,6 +15,8 @@ from config import load_config
 from conftest import ROOT, assert_user_error, run_script
 from model import build_model
 
+pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
+
 FORMATS = {"model.onnx": "onnx", "model.tflite": "litert", "saved_model": "tf_saved_model"}
 
 

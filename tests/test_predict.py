@@ -11,6 +11,8 @@ import evaluate
 import predict
 from conftest import run_script
 
+pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
+
 cv2 = pytest.importorskip("cv2")
 
 

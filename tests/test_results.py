@@ -62,17 +62,20 @@ def fer2013_moved(fer2013_faces, tmp_path_factory):
     return moved_copy(fer2013_faces, tmp_path_factory.mktemp("moved") / "fer2013.csv")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_committed_results_recompute_from_fer2013_labels(folder, fer2013_csv):
     checked = results.check(ROOT / "results" / folder, fer2013_csv)
     assert checked and all(Path(path).name.startswith("predictions") for path in checked)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_committed_results_recompute_from_a_reordered_jittered_copy(folder, fer2013_moved):
     assert results.check(ROOT / "results" / folder, fer2013_moved)
 
 
+@pytest.mark.slow
 def test_a_committed_prediction_changed_fails_the_check(fer2013_moved, tmp_path):
     folder = tmp_path / "seed"
     shutil.copytree(ROOT / "results" / "seed", folder)
@@ -126,6 +129,7 @@ def test_two_alike_faces_with_other_labels_and_other_predictions_are_ambiguous()
     assert fingerprint.match(fingerprint.fingerprints(blank), np.array([0]), blank + 3, np.array([0]), "copy") == [0]
 
 
+@pytest.mark.slow
 def test_results_of_a_folder_that_is_no_run(tmp_path):
     assert_user_error(run_script("results.py", tmp_path / "nothing"), "no such folder")
     assert_user_error(run_script("results.py", tmp_path), "no history.csv")

@@ -14,6 +14,8 @@ from common import TEST_SIGNAL, UserError
 from config import load_config
 from conftest import ROOT, assert_user_error, run_script
 
+pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
+
 SHORT = ["--config", "configs/demo.yaml", "--set", "data.limit=300", "--set", "train.epochs=3",
          "--set", "train.precision=float32", "--no-evaluate"]
 

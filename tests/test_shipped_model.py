@@ -14,7 +14,7 @@ import data
 from conftest import ROOT, run_script
 
 SHIPPED = sorted((ROOT / "models").glob("fer2013-*.keras"))
-pytestmark = pytest.mark.skipif(not SHIPPED, reason="no model is shipped in models/ yet")
+pytestmark = [pytest.mark.skipif(not SHIPPED, reason="no model is shipped in models/ yet"), pytest.mark.slow]
 PLAIN_ARGMAX_FLOOR = 0.68  # the improved-recipe issue's bar for a plain argmax (the notebook: 0.6317)
 
 # The shipped model's PrivateTest answers, from plain Keras on the backend named by KERAS_BACKEND: nothing of ours.

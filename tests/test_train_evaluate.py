@@ -13,6 +13,8 @@ import train
 from config import load_config
 from conftest import ROOT, assert_user_error, run_script
 
+pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
+
 RUN_FILES = {"config.yaml", "best.keras", "last.keras", "history.csv", "curves.png", "model.json",
              "model.weights.h5", "metrics.json", "confusion_matrix.png", "metrics-last.json",
              "confusion_matrix-last.png"}

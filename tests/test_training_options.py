@@ -18,6 +18,8 @@ from common import UserError
 from config import DEFAULTS, load_config
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
+
 
 def small_config(**train_options):
     config = copy.deepcopy(DEFAULTS)

@@ -17,6 +17,8 @@ from common import UserError
 from config import load_config
 from conftest import ROOT, assert_user_error, run_script
 
+pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
+
 TINY = ["model.filters=[4]", "model.dense=[8]", "data.limit=60", "data.synthetic=null", "train.batch_size=32",
         "train.precision=float32", "train.seed=0", "callbacks.checkpoint.save_best_only=false"]
 
