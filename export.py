@@ -63,6 +63,7 @@ def float32_copy(model):
     for layer in copy.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
+    copy.trainable = False  # BatchNormalization then uses its moving statistics, however the exporter calls it
     return copy
 
 
