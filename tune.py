@@ -28,7 +28,8 @@ import time
 import numpy as np
 
 import train
-from common import UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure, write_text
+from common import (UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure,
+                    signal_at, write_text)
 from config import (DEFAULTS, MONITORS, TYPES, coerce, dump, flatten, load_config, monitor_mode, monitor_name,
                     read_yaml, set_key, validate)
 from resume import STATE, Interrupted, SignalGuard, SignalInterrupt, read_state
@@ -231,6 +232,7 @@ class TrainingTuner(keras_tuner.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         import keras
 
+        signal_at(f"trial {trial.trial_id}")
         keras.backend.clear_session()
         values = trial.hyperparameters.values
         trial_dir = self.get_trial_dir(trial.trial_id)

@@ -221,7 +221,7 @@ def test_train_with_a_bad_tf_config_stops_in_one_line_and_writes_nothing(tmp_pat
 
 
 @contextlib.contextmanager
-def _held_ports(count):
+def _free_ports(count):
     """Free ports on 127.0.0.1 for a cluster. TF_CONFIG and JAX's coordinator need their numbers before the
     processes start, and the TensorFlow cluster did not come up while this process held them bound (tried with
     SO_REUSEPORT), so they are closed again first: another program could take one in between."""
@@ -254,7 +254,7 @@ def test_two_processes_write_one_run_directory_and_resume_together(backend, tmp_
     127.0.0.1 sharing one output folder, both killed after epoch 1 and resumed: one run directory with every
     epoch, the same final weights and shuffling in both, nothing left elsewhere."""
     pytest.importorskip(backend)
-    with _held_ports(2) as ports:
+    with _free_ports(2) as ports:
         _two_workers_killed_and_resumed(backend, ports, tmp_path, synthetic_csv)
 
 
@@ -297,7 +297,7 @@ def _two_workers_killed_and_resumed(backend, ports, tmp_path, synthetic_csv):
 @pytest.mark.parametrize("backend, index", [("tensorflow", 0), ("jax", 1)])  # the chief alone, a worker alone
 def test_a_worker_alone_stops_in_one_line_after_the_cluster_timeout(backend, index, tmp_path, synthetic_csv):
     pytest.importorskip(backend)
-    with _held_ports(2) as ports:
+    with _free_ports(2) as ports:
         result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
                             "--set", "train.cluster_timeout=2", "--set", f"output.dir={tmp_path / 'runs'}",
                             env=_cluster_env(backend, ports, index, tmp_path), timeout=120)
