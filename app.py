@@ -169,7 +169,8 @@ def main(argv=None):
     parser.add_argument("--checkpoint", help="a .keras file or an .onnx export (default: the model shipped in "
                                              "models/)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on (0: the first free one from 7860 on, which Gradio prints)")
+    parser.add_argument("--port", type=int, default=7860,
+                        help="port to serve on (0: the first free one from 7860 on, which Gradio prints)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="predict settings, e.g. --set predict.min_neighbors=3")

@@ -32,7 +32,8 @@ def download(dest="data", source="auto"):
         import kagglehub
         from kagglehub.config import get_kaggle_credentials
     except ImportError:
-        raise UserError("the download needs kagglehub: pip install -r requirements-dev.txt (or pip install kagglehub)") from None
+        raise UserError("the download needs kagglehub: pip install -r requirements-dev.txt (or pip install "
+                        "kagglehub)") from None
     if source == "auto":
         source = "competition" if get_kaggle_credentials() else "folders"
     handle = FOLDER_RELEASE if source == "folders" else source

@@ -5,8 +5,9 @@
     python evaluate.py --checkpoint model.json --weights model.h5       # the 2018 notebook's own files
 
 Prints the accuracy and a per-class report, and writes metrics.json and confusion_matrix.png beside the
-checkpoint (or in --out; for the model shipped in models/, in runs/evaluate-<its name>/). For a checkpoint not named best.keras the files carry its name
-(metrics-last.json, confusion_matrix-last.png) so that evaluations of one run never overwrite each other.
+checkpoint (or in --out; for the model shipped in models/, in runs/evaluate-<its name>/). For a checkpoint not
+named best.keras the files carry its name (metrics-last.json, confusion_matrix-last.png) so that evaluations of
+one run never overwrite each other.
 """
 import argparse
 import json
@@ -198,8 +199,8 @@ def main(argv=None):
     parser.add_argument("--weights", help="weights for a model.json (default: the .h5 beside it)")
     parser.add_argument("--data", help="fer2013.csv or image folder (default: the run's data.path)")
     parser.add_argument("--split", default="PrivateTest", choices=data.USAGES, help="default: PrivateTest")
-    parser.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: beside the checkpoint; "
-                                      "for a model shipped in models/, runs/evaluate-<its name>/)")
+    parser.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: beside the "
+                                      "checkpoint; for a model shipped in models/, runs/evaluate-<its name>/)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--tta", nargs="?", const="flip", choices=("flip", "tencrop"),
                         help="test-time augmentation: flip (the default) averages each face with its mirror image; "

@@ -74,8 +74,8 @@ class OnnxModel:
         try:
             import onnxruntime
         except ImportError:
-            raise UserError("running an .onnx file needs onnxruntime: pip install -r requirements-dev.txt (or pip install "
-                            "onnxruntime)") from None
+            raise UserError("running an .onnx file needs onnxruntime: pip install -r requirements-dev.txt (or "
+                            "pip install onnxruntime)") from None
         if not os.path.isfile(path):
             raise UserError(f"checkpoint {path} not found")
         try:

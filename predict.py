@@ -79,7 +79,10 @@ class LiveFinder:
     def __call__(self, gray):
         near = self.frames % self.every and self.boxes and [self.near(gray, box) for box in self.boxes]
         self.frames += 1
-        self.boxes = [box for found in near for box in found[:1]] if near and all(near) else self.finder(gray, self.width)
+        if near and all(near):
+            self.boxes = [found[0] for found in near]
+        else:
+            self.boxes = self.finder(gray, self.width)
         return self.boxes
 
     def near(self, gray, box):

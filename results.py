@@ -302,7 +302,7 @@ def table_row(folder):
     with open(os.path.join(folder, "environment.json"), encoding="utf-8") as f:
         environment = json.load(f)
     words = shlex.split(environment.get("command") or "")
-    flags = dict(zip(words[1::2], words[2::2])) if words else {}
+    flags = {flag: value for flag, value in zip(words, words[1:]) if flag.startswith("--")}
     settings = [value for flag, value in zip(words, words[1:]) if flag == "--set"
                 and not value.startswith(("data.path=", "output."))]
     if "--init-weights" in flags:
@@ -315,9 +315,11 @@ def table_row(folder):
     device = (part.get("devices") or "").split("; ")[-1].split(" (")[0]
     machine = device if "gpu" in (part.get("devices") or "") else \
         f"{environment.get('cpu_cores') or '?'}-core {part.get('cpu')} (family/model {part.get('cpu_family_model')})"
-    machine = f"{machine}, {environment.get('backend', '?')}, {', '.join(sorted({p.get('precision') for p in summary['parts']}))}"
+    precisions = ", ".join(sorted({p.get("precision") for p in summary["parts"]}))
+    machine = f"{machine}, {environment.get('backend', '?')}, {precisions}"
     commits = ", ".join(dict.fromkeys((p.get("commit") or "?")[:7] for p in summary["parts"]))
-    status = "finished" if summary["finished"] else f"unfinished: {summary['epochs_done']} of {summary['epochs']} epochs"
+    status = ("finished" if summary["finished"]
+              else f"unfinished: {summary['epochs_done']} of {summary['epochs']} epochs")
     return (f"{config}, `results/{summary['run']}/`", scores, tencrop if tencrop != "- / -" else "-",
             f"{summary['best_val_accuracy']:.4f} ({summary['best_val_accuracy_epoch']})", f"{summary['hours']:.2f}",
             machine, commits, status)

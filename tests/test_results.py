@@ -184,7 +184,8 @@ def test_a_results_table_row_reads_the_run_it_came_from(tmp_path):
     folder = tmp_path / "gpu-run"
     folder.mkdir()
     (folder / "environment.json").write_text(json.dumps({
-        "command": "train.py --config configs/x.yaml --init-weights 'a b/old/best.keras' --set train.seed=3 "
+        "command": "train.py --no-evaluate --config configs/x.yaml --init-weights 'a b/old/best.keras' "
+                   "--set train.seed=3 "
                    "--set data.path=/data/fer.csv --set output.name=gpu-run", "backend": "jax", "cpu_cores": 16}))
     summary = {"run": "gpu-run", "finished": False, "epochs_done": 7, "epochs": 10, "best_val_accuracy": 0.61234,
                "best_val_accuracy_epoch": 6, "hours": 0.1234, "final_weights_PrivateTest_accuracy": 0.7001,
