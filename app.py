@@ -23,7 +23,7 @@ import numpy as np
 
 import data
 import predict
-from common import UserError, exit_on_user_error, pyplot
+from common import UserError, exit_on_user_error, pyplot, shipped_model
 from config import config_beside
 
 RATE_WINDOW = 30  # webcam frames over which the frames per second are counted
@@ -40,8 +40,6 @@ def import_gradio():
 def load_predictor(checkpoint, overrides=()):
     """predict.py's Predictor for a checkpoint (default: the shipped model) and the checkpoint's path."""
     if checkpoint is None:
-        from checkpoints import shipped_model
-
         checkpoint = shipped_model()
     settings = config_beside(checkpoint, overrides)["predict"]
     predictor = predict.Predictor(predict.load_probabilities(checkpoint), predict.FaceFinder(settings),

@@ -1,8 +1,9 @@
 """What each Keras backend needs to train fast and repeatably: devices, mixed precision, data parallelism and
 op determinism.
 
-The one module that imports TensorFlow, JAX or PyTorch directly, so that model.py, train.py and evaluate.py
-stay plain Keras 3 and run on any backend (KERAS_BACKEND=tensorflow, the default, jax or torch).
+The one module that uses TensorFlow, JAX or PyTorch directly (common.start_backend only probes TensorFlow's
+devices), so that model.py, train.py and evaluate.py stay plain Keras 3 and run on any backend
+(KERAS_BACKEND=tensorflow, the default, jax or torch).
 """
 import contextlib
 import os
@@ -12,21 +13,8 @@ import numpy as np
 
 from common import UserError, native_stderr_held
 
-# TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX. On
-# AVX2-only CPUs (most laptops, and AMD EPYC before Zen 4) they train the notebook's network 1.5-1.9x faster than
-# TensorFlow's default Eigen kernels (2-core AMD EPYC, TF 2.21; docs/performance.md). Set before TensorFlow is
-# first imported; TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps TensorFlow's own kernels.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
 with native_stderr_held():
     import keras
-
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        # TensorFlow probes CUDA once, on first use, and logs its failure on GPU-less machines; probing here
-        # keeps that line from landing in front of a user's one-line error later.
-        tf.config.list_physical_devices()
 
 
 def onednn_enabled():

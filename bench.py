@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from common import UserError, exit_on_user_error
+from common import UserError, exit_on_user_error, start_backend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -343,7 +343,7 @@ def measure_video(how, precision, frames, folder):
 def child_main(argv):
     job, how, *rest = argv
     if job != "load":  # loading figures keep TensorFlow out of their time and memory
-        import backends  # noqa: F401  (TensorFlow's settings, as the scripts make them, before Keras starts it)
+        start_backend()  # TensorFlow's settings, as the scripts make them
     if job == "precision":
         with tempfile.TemporaryDirectory() as folder:
             result = measure_precision(int(how), rest[0], folder)
@@ -377,6 +377,7 @@ def in_child(*args, env=None):
 
 
 def machine():
+    start_backend()
     import backends
     import keras
 

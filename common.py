@@ -11,6 +11,20 @@ import tempfile
 TEST_SIGNAL = "FER2013_TEST_SIGNAL"
 
 
+MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+
+
+def shipped_model(folder=MODELS):
+    """The model shipped with the code (models/fer2013-<name>.keras), which evaluate.py and predict.py use when no
+    --checkpoint is given; a UserError while none is shipped."""
+    found = sorted(name for name in os.listdir(folder) if name.startswith("fer2013-") and name.endswith(".keras")) \
+        if os.path.isdir(folder) else []
+    if not found:
+        raise UserError(f"no --checkpoint given, and no model is shipped in {folder} yet: train one (python train.py "
+                        "--config config.yaml) and give --checkpoint runs/<run>/best.keras")
+    return os.path.join(folder, found[-1])
+
+
 def signal_at(point):
     """For tests: send this process the signal that FER2013_TEST_SIGNAL names ("SIGKILL@epoch 3 batch 2",
     "SIGKILL@replace best.keras epoch 2") when it reaches that point, so that a test interrupts a run at a named
@@ -62,6 +76,22 @@ def native_stderr_held():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def start_backend():
+    """What a script does before anything imports Keras. TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, at its
+    import, and turns its oneDNN CPU kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX; this
+    asks for them on every CPU (they are faster on AVX2-only ones too: docs/performance.md), unless the variable is
+    set already (TF_ENABLE_ONEDNN_OPTS=0 keeps TensorFlow's own kernels). Then Keras is imported and TensorFlow
+    probes its devices with their log lines held back, so that those never land in front of a one-line error."""
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    with native_stderr_held():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
 
 
 @contextlib.contextmanager

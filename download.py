@@ -1,14 +1,18 @@
 """FER2013 from Kaggle, through kagglehub: the competition's own fer2013.csv, or the public image-folder release
 converted to the same CSV.
 
-    python data.py --download [--dest data/] [--source auto|competition|folders|OWNER/DATASET]
+    python download.py [--dest data/] [--source auto|competition|folders|OWNER/DATASET]
 """
+import argparse
 import os
 import shutil
+import sys
 import tarfile
 
-from common import UserError, replaced_atomically
-from data import FER2013_URL, read_folders, write_csv
+from common import UserError, exit_on_user_error, replaced_atomically
+from data import read_folders
+from fer2013 import FER2013_URL
+from kaggle_csv import write_csv
 
 
 COMPETITION = "challenges-in-representation-learning-facial-expression-recognition-challenge"
@@ -94,3 +98,18 @@ def _release_root(path):
         if "train" in subfolders and "test" in subfolders:
             return folder
     raise UserError(f"{path}: no train/ and test/ folders in the downloaded release")
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Fetch FER2013 from Kaggle into DEST/fer2013.csv (kagglehub).")
+    parser.add_argument("--dest", default="data", help="the folder (default data/)")
+    parser.add_argument("--source", default="auto",
+                        help="auto, competition, folders, or a Kaggle dataset handle (default auto)")
+    args = parser.parse_args(argv)
+    download(args.dest, args.source)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

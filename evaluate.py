@@ -9,6 +9,11 @@ checkpoint (or in --out; for the model shipped in models/, in runs/evaluate-<its
 named best.keras the files carry its name (metrics-last.json, confusion_matrix-last.png) so that evaluations of
 one run never overwrite each other.
 """
+if __name__ == "__main__":  # first, before the imports below bring in Keras
+    from common import start_backend
+
+    start_backend()
+
 import argparse
 import json
 import os
@@ -19,8 +24,9 @@ import numpy as np
 import backends
 import data
 import fingerprint
-from checkpoints import MODELS, load_checkpoint, shipped_model
-from common import UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure, write_text
+from checkpoints import load_checkpoint
+from common import (MODELS, UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure,
+                    shipped_model, write_text)
 from config import config_beside
 
 with native_stderr_held():

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from common import UserError, exit_on_user_error
+from common import UserError, exit_on_user_error, start_backend
 
 FORMATS = {".onnx": "onnx", ".tflite": "litert", "": "tf_saved_model"}
 MAX_GAP, MIN_AGREEMENT = 1e-4, 0.999
@@ -52,7 +52,7 @@ def float32_copy(model):
     pass faces through untouched at inference, would still bring their random ops into the exported graph."""
     import keras
 
-    from checkpoints import AUGMENTATION_LAYERS
+    from model import AUGMENTATION_LAYERS
 
     def for_inference(layer):
         if isinstance(layer, AUGMENTATION_LAYERS):
@@ -128,6 +128,7 @@ def export(checkpoint, out, weights=None):
     """Write `out` from `checkpoint` and check it against Keras; returns (gap, agreement)."""
     kind = export_format(out)
     check_writable(out)
+    start_backend()
     import checkpoints
     import data
     import synthetic

@@ -1,16 +1,19 @@
 """The notebook's CNN, in Keras 3 (any backend).
 
     python model.py                 # the layer stack and parameter count (9,014,727 with the defaults)
-    python checkpoints.py --convert model.json model.h5 out.keras    # the notebook's files as a .keras file
 
 Conv2D(64, valid, L2) - Conv2D(64, same) - BN - MaxPool - Dropout, then for f in 128, 256, 512:
 3 x [Conv2D(f, same) - BN] - MaxPool - Dropout; Flatten; Dense 512, 256, 128, 64 each with Dropout;
 Dense(7, softmax). `model.filters` and `model.dense` change the widths (the demo uses a small one).
 """
+if __name__ == "__main__":  # first, before the imports below bring in Keras
+    from common import start_backend
+
+    start_backend()
+
 import argparse
 import sys
 
-import backends  # noqa: F401  (starts the backend quietly: see backends.py)
 import data
 from common import native_stderr_held
 from config import DEFAULTS
@@ -73,12 +76,11 @@ def augmentation(options):
     return layers
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--convert"]:  # the command's older home; checkpoints.py holds every loader now
-        import checkpoints
+AUGMENTATION_LAYERS = (keras.layers.RandomFlip, keras.layers.RandomTranslation, keras.layers.RandomRotation,
+                       keras.layers.RandomZoom)  # the layers augmentation() adds that change faces while training
 
-        return checkpoints.main(argv)
+
+def main(argv=None):
     argparse.ArgumentParser(description="The notebook's CNN: its layers and parameter count.").parse_args(argv)
     model = build_model()
     model.summary()

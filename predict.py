@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import data
-from common import UserError, exit_on_user_error, replaced_atomically
+from common import UserError, exit_on_user_error, replaced_atomically, shipped_model, start_backend
 from config import config_beside
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -316,6 +316,7 @@ def load_probabilities(checkpoint, weights=None):
 
         onnx = OnnxModel(checkpoint)
         return lambda faces: onnx.predict(data.to_float(faces))
+    start_backend()
     from checkpoints import load_checkpoint
     from evaluate import predict_probabilities
 
@@ -339,8 +340,6 @@ def main(argv=None):
     if not args.inputs and args.webcam is None:
         raise UserError("give images, folders or videos to predict on, or --webcam")
     if args.checkpoint is None:
-        from checkpoints import shipped_model
-
         args.checkpoint = shipped_model()
         print(f"using the shipped model {args.checkpoint} (no --checkpoint given)")
     settings = config_beside(args.checkpoint, args.set)["predict"]

@@ -22,8 +22,8 @@ import sys
 
 import numpy as np
 
-from common import (UserError, exit_on_user_error, pyplot, replaced_atomically, save_figure, sha256, without_home,
-                    write_text)
+from common import (UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure, sha256,
+                    without_home, write_text)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOK_LOG = os.path.join(HERE, "..", "shared", "notebook", "training_log.csv")
@@ -55,9 +55,10 @@ def early_stopping_epoch(history, config_path=os.path.join(HERE, "configs", "not
     """The epoch after which the config's EarlyStopping would have ended this very run (None: it never acts), by
     replaying Keras's own callback over the logged epochs. Stopping changes nothing before it acts, so a run
     without it tells exactly when a run with it would stop."""
-    import backends  # noqa: F401  (starts the backend quietly)
-    import keras
     from config import load_config, monitor_mode, monitor_name
+
+    with native_stderr_held():
+        import keras
 
     options = load_config(config_path)["callbacks"]["early_stopping"]
     stopping = keras.callbacks.EarlyStopping(monitor=monitor_name(options["monitor"]), min_delta=options["min_delta"],
@@ -109,7 +110,6 @@ def started_from(run_dir):
 def finished(run_dir):
     """Whether train.py marked the run finished (its state.json), so that a run fetched from another machine
     without its checkpoints still counts; runs without a state.json: whether last.keras exists."""
-    import backends  # noqa: F401  (starts the backend quietly, before resume imports Keras)
     import resume
 
     if os.path.isfile(os.path.join(run_dir, resume.STATE)):

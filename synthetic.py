@@ -1,11 +1,16 @@
 """Synthetic FER-format faces: procedurally drawn 48x48 faces whose expression decides the class. A stand-in
 for demos and tests (the demo config draws them when its CSV is missing), never for FER2013.
 
-    python data.py --synthetic OUT.csv --rows 3000     # the same, as a Kaggle-format CSV
+    python synthetic.py OUT.csv [--rows 3000] [--seed 0]     # as a Kaggle-format CSV
 """
+import argparse
+import sys
+
 import numpy as np
 
-from data import EMOTIONS, PRIVATE_TEST, PUBLIC_TEST, SIZE, TRAINING, Faces
+from common import UserError, exit_on_user_error
+from fer2013 import EMOTIONS, PRIVATE_TEST, PUBLIC_TEST, SIZE, TRAINING, Faces
+from kaggle_csv import write_csv
 
 
 # Per class: mouth curve (+ smiles), mouth opening, brow slant (+ inner ends down), brow lift, eye opening.
@@ -91,3 +96,22 @@ def make_synthetic(rows, seed=0):
     usage[:n_train] = TRAINING
     usage[n_train:n_train + n_public] = PUBLIC_TEST
     return Faces(images, labels, usage)
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write a synthetic FER-format CSV (not FER2013).")
+    parser.add_argument("out", metavar="OUT.csv", help="the CSV to write")
+    parser.add_argument("--rows", type=int, default=3000, help="rows of the CSV (default 3000)")
+    parser.add_argument("--seed", type=int, default=0, help="its seed (default 0)")
+    args = parser.parse_args(argv)
+    if args.rows <= 0:
+        raise UserError(f"--rows must be positive, got {args.rows}")
+    faces = make_synthetic(args.rows, args.seed)
+    write_csv(args.out, faces)
+    print(f"wrote {args.out}: {len(faces)} SYNTHETIC faces (not FER2013), seed {args.seed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,6 +11,11 @@ curves.png, model.json + model.weights.h5 (the notebook's export), the test-spli
 best.keras, and state.json + state-*.weights.h5: what --resume continues from. Every file is written to a
 temporary name and renamed, so a kill at any instant leaves the previous good file in place.
 """
+if __name__ == "__main__":  # first, before the imports below bring in Keras
+    from common import start_backend
+
+    start_backend()
+
 import argparse
 import gc
 import hashlib

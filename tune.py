@@ -13,6 +13,11 @@ Many machines, with KerasTuner's distributed mode: the same command everywhere, 
 KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT set to the chief's address, KERASTUNER_TUNER_ID=chief on the
 one that hands out trials and records them, tuner0, tuner1, ... on the workers that train them.
 """
+if __name__ == "__main__":  # first, before the imports below bring in Keras
+    from common import start_backend
+
+    start_backend()
+
 import argparse
 import copy
 import gc

@@ -10,6 +10,9 @@ import pytest
 
 import data
 import synthetic
+from common import start_backend
+
+start_backend()  # as every script does first, so that the tests' own Keras runs as the scripts' does
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""checkpoints.py: the 2018 notebook's own files (Keras 2.1.6 model.json, save_weights .h5, whole-model .hd5) load,
+"""checkpoints.py and keras2.py: the 2018 notebook's own files (Keras 2.1.6 model.json, save_weights .h5, whole-model .hd5) load,
 evaluate, convert and fine-tune. The weights files are written here with h5py in Keras 2's layout from known
 arrays; the model.json is the author's published one (../shared/notebook/model.json; skipped without it)."""
 import copy
@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 import checkpoints
+import common
 import evaluate
+import keras2
 import model as model_lib
 import predict
+import ship
 from common import UserError
 from config import DEFAULTS
 from conftest import ROOT, assert_user_error, run_script
@@ -88,13 +91,13 @@ def _same_predictions(a, b):
 
 
 def test_the_published_model_json_builds_the_network_it_describes(published_json, capsys):
-    network = checkpoints.from_keras2_json(published_json)
+    network = keras2.from_keras2_json(published_json)
     assert network.count_params() == 8_356_679
     assert [layer.name for layer in network.layers] == keras2_layer_names(published_json)
     first = network.layers[0]
     assert first.padding == "valid" and abs(float(first.kernel_regularizer.l2) - 0.01) < 1e-9
     assert [layer.units for layer in network.layers if hasattr(layer, "units")] == [256, 128, 48, 7]
-    assert checkpoints.compare_with_model_py(network) == (
+    assert keras2.compare_with_model_py(network) == (
         "model.py's layer stack with model.dense=[256, 128, 48] (model.py: [512, 256, 128, 64]): "
         "8,356,679 parameters")
 
@@ -127,8 +130,7 @@ def test_evaluate_and_convert_from_the_command_line(notebook_files, published_ne
     metrics = json.loads((tmp_path / "eval" / "metrics-model.json").read_text())
     assert metrics["n"] == 200
     out = tmp_path / "converted.keras"
-    assert checkpoints.main(["--convert", str(notebook_files / "model.json"), str(notebook_files / "model.h5"),
-                           str(out)]) == 0
+    assert keras2.main([str(notebook_files / "model.json"), str(notebook_files / "model.h5"), str(out)]) == 0
     import keras
 
     _same_predictions(keras.saving.load_model(out), published_network)
@@ -157,11 +159,11 @@ def test_fine_tuning_starts_from_the_notebooks_weights(notebook_files, published
     import results
 
     assert results.summarize(run_dir, results.read_history(f"{run_dir}/history.csv"), None)["init_weights"] == recorded
-    card = checkpoints.write_model_card(f"{run_dir}/last.keras", str(tmp_path / "m.keras"), "agreed")
+    card = ship.write_model_card(f"{run_dir}/last.keras", str(tmp_path / "m.keras"), "agreed")
     assert (f"Its weights started from {notebook_files / 'model.json'} (`train.py --init-weights`), the end of an "
             "earlier training") in open(card).read()
     # A run started from this run's checkpoint: its card names this run, its epochs and hours.
-    assert f"the end of run `tuned` (1 epochs, " in checkpoints._started_from({"path": f"{run_dir}/last.keras"})
+    assert f"the end of run `tuned` (1 epochs, " in ship._started_from({"path": f"{run_dir}/last.keras"})
     config["model"]["dense"] = [512, 256, 128, 64]
     config["output"]["name"] = "mismatch"
     with pytest.raises(UserError, match="--init-weights .*model.json: its layer dense_1 has weights"):
@@ -193,7 +195,7 @@ def test_bad_notebook_files_get_one_line(notebook_files, published_json, publish
     # A mismatch found after the model is built (TensorFlow started) is still one line, from both scripts.
     assert_user_error(run_script("evaluate.py", "--checkpoint", json_path, "--weights", tmp_path / "shape.h5"),
                       "shape.h5", "layer dense_2 has weights of shapes")
-    assert_user_error(run_script("model.py", "--convert", tmp_path / "other.json", notebook_files / "model.h5",
+    assert_user_error(run_script("keras2.py", tmp_path / "other.json", notebook_files / "model.h5",
                                  tmp_path / "out.keras"), "layer dense_3 has weights of shapes")
     assert not (tmp_path / "out.keras").exists()
 
@@ -202,10 +204,10 @@ def test_bad_notebook_files_get_one_line(notebook_files, published_json, publish
 def test_the_shipped_model_is_the_default_checkpoint(tmp_path, trained_run, capsys):
     run_dir, _ = trained_run
     with pytest.raises(UserError, match="no model is shipped in .* yet"):
-        checkpoints.shipped_model(str(tmp_path))
+        common.shipped_model(str(tmp_path))
     (tmp_path / "README.md").write_text("not a model")
     (tmp_path / "fer2013-demo.keras").write_bytes((run_dir / "best.keras").read_bytes())
-    assert checkpoints.shipped_model(str(tmp_path)) == str(tmp_path / "fer2013-demo.keras")
+    assert common.shipped_model(str(tmp_path)) == str(tmp_path / "fer2013-demo.keras")
     # The scripts without --checkpoint: the repository's own models/ folder, shipped or not yet.
     if list((ROOT / "models").glob("fer2013-*.keras")):
         result = run_script("evaluate.py", "--data", run_dir.parent / "none.csv")
@@ -237,7 +239,7 @@ def test_ship_makes_a_float32_model_with_half_size_weights_that_loads_on_every_b
         keras.mixed_precision.set_global_policy("float32")
     mixed.save(tmp_path / "mixed.keras")
     faces = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
-    checkpoints.ship(str(tmp_path / "mixed.keras"), str(tmp_path / "shipped.keras"), faces)
+    ship.ship(str(tmp_path / "mixed.keras"), str(tmp_path / "shipped.keras"), faces)
     shipped = checkpoints.load_checkpoint(str(tmp_path / "shipped.keras"))
     assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
     with zipfile.ZipFile(tmp_path / "shipped.keras") as archive, archive.open("model.weights.h5") as stored:
@@ -252,29 +254,29 @@ def test_ship_makes_a_float32_model_with_half_size_weights_that_loads_on_every_b
                                rounded.predict(faces[..., None] / 255, verbose=0), atol=1e-6)
 
     with pytest.raises(SystemExit) as stopped:
-        checkpoints.main(["--ship", str(tmp_path / "mixed.keras"), str(tmp_path / "x.h5")])
+        ship.main([str(tmp_path / "mixed.keras"), str(tmp_path / "x.h5")])
     assert stopped.value.code == 2 and "must be a .keras file" in capsys.readouterr().err
 
     # A trained float32 run, through the command line, into a models/ folder not made yet: about half the file, the
     # same answers.
     out = tmp_path / "models" / "fer2013-demo.keras"
-    result = run_script("checkpoints.py", "--ship", run_dir / "best.keras", out)
+    result = run_script("ship.py", run_dir / "best.keras", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the same top emotion as" in result.stdout and "100.00% of 2,000 synthetic faces" in result.stdout
     assert out.stat().st_size < 0.6 * (run_dir / "best.keras").stat().st_size and "README.md" in result.stdout
     # Beside it, its card: what it was made from, on which CPU, and what the run's checkpoints scored.
     card = (tmp_path / "models" / "README.md").read_text()
     original = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
-    assert card.startswith(checkpoints.CARD_MARK) and "# fer2013-demo.keras" in card
+    assert card.startswith(ship.CARD_MARK) and "# fer2013-demo.keras" in card
     assert "Run `demo`: 6 of 6 epochs" in card and "`train.precision=float32`" in card and "`train.epochs=6`" in card
     assert f"| best.keras | PrivateTest | none | {original:.4f} |" in card and "FER2013's own terms" in card
-    # It is written again by the next --ship, but a README.md of another kind is never overwritten.
+    # It is written again by the next ship.py, but a README.md of another kind is never overwritten.
     card_path = tmp_path / "models" / "README.md"
-    assert checkpoints.write_model_card(str(run_dir / "best.keras"), str(out), "again",
+    assert ship.write_model_card(str(run_dir / "best.keras"), str(out), "again",
                                         [("PrivateTest", 0.61234)]) == str(card_path)
     assert "| fer2013-demo.keras (this file) | PrivateTest | none | 0.6123 |" in card_path.read_text()
     card_path.write_text("# my folder\n")
-    assert checkpoints.write_model_card(str(run_dir / "best.keras"), str(out), "again") is None
+    assert ship.write_model_card(str(run_dir / "best.keras"), str(out), "again") is None
     assert card_path.read_text() == "# my folder\n"
     # TensorFlow loaded it above (the agreement); JAX scores it as the run scored its own checkpoint.
     pytest.importorskip("jax")

@@ -1,4 +1,4 @@
-"""colab.ipynb runs top to bottom in local mode, is committed without outputs, and data.py --download
+"""colab.ipynb runs top to bottom in local mode, is committed without outputs, and download.py
 fetches FER2013 through kagglehub (tested on a prepared kagglehub cache and an unreachable local endpoint,
 never the internet)."""
 import json
@@ -92,10 +92,10 @@ def test_download_takes_the_competition_csv_from_the_kagglehub_cache(tmp_path, s
     competition.mkdir(parents=True)
     (competition / "fer2013.csv").write_bytes(synthetic_csv.read_bytes())
     (cache / "competitions" / f"{download.COMPETITION}.complete").write_text("")
-    result = run_script("data.py", "--download", "--dest", tmp_path / "data", "--source", "competition", env=env)
+    result = run_script("download.py", "--dest", tmp_path / "data", "--source", "competition", env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "fer2013.csv").read_bytes() == synthetic_csv.read_bytes()
-    again = run_script("data.py", "--download", "--dest", tmp_path / "data", env=env)
+    again = run_script("download.py", "--dest", tmp_path / "data", env=env)
     assert again.returncode == 0 and "there already" in again.stdout
 
 
@@ -109,7 +109,7 @@ def test_download_converts_the_image_folder_release(tmp_path):
         (release / split / label).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(release / split / label / name)
     (cache / "datasets" / "someone" / "fer2013" / "1.complete").write_text("")
-    result = run_script("data.py", "--download", "--dest", tmp_path / "data", "--source", "someone/fer2013/versions/1",
+    result = run_script("download.py", "--dest", tmp_path / "data", "--source", "someone/fer2013/versions/1",
                         env=env)
     assert result.returncode == 0, result.stderr
     faces = data.read_faces(tmp_path / "data" / "fer2013.csv", None)
@@ -119,9 +119,9 @@ def test_download_converts_the_image_folder_release(tmp_path):
 
 def test_download_offline_or_without_credentials_says_so(tmp_path):
     _, env = _kaggle_env(tmp_path)
-    offline = run_script("data.py", "--download", "--dest", tmp_path / "data", env=env)
+    offline = run_script("download.py", "--dest", tmp_path / "data", env=env)
     assert_user_error(offline, "cannot reach Kaggle (offline?)", "kaggle.com", str(tmp_path / "data" / "fer2013.csv"))
-    unauthenticated = run_script("data.py", "--download", "--dest", tmp_path / "data", "--source", "competition",
+    unauthenticated = run_script("download.py", "--dest", tmp_path / "data", "--source", "competition",
                                  env=env)
     assert_user_error(unauthenticated, "Kaggle credentials are needed", "KAGGLE_USERNAME")
     assert not (tmp_path / "data" / "fer2013.csv").exists()

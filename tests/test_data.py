@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import data
+import kaggle_csv
 from common import UserError
 from data import Faces
 import synthetic
@@ -38,7 +39,7 @@ def test_pixel_scaling_equals_the_notebooks_float64_division_for_every_value():
 
 def test_vectorized_parse_matches_a_plain_parse_across_blocks(tmp_path):
     rng = np.random.default_rng(3)
-    n = data.ROWS_PER_BLOCK * 2 + 37
+    n = kaggle_csv.ROWS_PER_BLOCK * 2 + 37
     images = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
     images[0, 0, :6] = [0, 9, 10, 99, 100, 255]
     rows = [(i % 7, images[i], data.USAGES[i % 3]) for i in range(n)]
@@ -90,11 +91,11 @@ def test_plain_files_take_the_chunked_reader_and_it_agrees_with_the_tolerant_one
     files["column order"].write_text("\n".join(["Usage,pixels,emotion"] +
                                                 [f"{u},{pixel_text(p)},{e}" for e, p, u in rows]))
     for name, path in files.items():
-        raw = data._read_bytes(path)
-        columns, n_columns, pos = data._parse_header(path, raw)
+        raw = kaggle_csv._read_bytes(path)
+        columns, n_columns, pos = kaggle_csv._parse_header(path, raw)
         with ThreadPoolExecutor(2) as pool:
-            chunked = data._read_plain_rows(raw, pos, columns, n_columns, pool)
-            tolerant = data._read_any_rows(path, raw, pos, columns, n_columns, pool, 2)
+            chunked = kaggle_csv._read_plain_rows(raw, pos, columns, n_columns, pool)
+            tolerant = kaggle_csv._read_any_rows(path, raw, pos, columns, n_columns, pool, 2)
         np.testing.assert_array_equal(tolerant.images, np.stack([p for _, p, _ in rows]), err_msg=name)
         if name == "quoted":
             assert chunked is None  # quotes go to the tolerant reader
@@ -136,10 +137,10 @@ def test_damaged_files_read_the_same_or_fail_the_same_through_both_readers(tmp_p
 
 
 def _tolerant_read(path):
-    raw = data._read_bytes(path)
-    columns, n_columns, pos = data._parse_header(path, raw)
+    raw = kaggle_csv._read_bytes(path)
+    columns, n_columns, pos = kaggle_csv._parse_header(path, raw)
     with ThreadPoolExecutor(2) as pool:
-        return data._read_any_rows(path, raw, pos, columns, n_columns, pool, 2)
+        return kaggle_csv._read_any_rows(path, raw, pos, columns, n_columns, pool, 2)
 
 
 def _bad_files(tmp_path):
@@ -292,7 +293,7 @@ def test_image_folder_errors_name_the_file(tmp_path):
 
 def test_synthetic_csv_from_the_command_line(tmp_path):
     out = tmp_path / "s.csv"
-    result = run_script("data.py", "--synthetic", out, "--rows", 70, "--seed", 4)
+    result = run_script("synthetic.py", out, "--rows", 70, "--seed", 4)
     assert result.returncode == 0 and "SYNTHETIC" in result.stdout
     faces = data.read_faces(out)
     again = synthetic.make_synthetic(70, seed=4)

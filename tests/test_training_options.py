@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import checkpoints
+import keras2
 import data
 import evaluate
 import model as model_lib
@@ -50,7 +51,7 @@ def test_augmentation_acts_in_training_and_changes_nothing_at_inference():
     untouched = [np.array_equal(changed[i], x[i]) for i in range(len(x))]
     assert all(m or u for m, u in zip(mirrored, untouched)) and any(mirrored)
     # model.py still recognises its own network under the augmentation
-    assert checkpoints.compare_with_model_py(augmented).startswith("model.py's layer stack with model.filters=[4, 8]")
+    assert keras2.compare_with_model_py(augmented).startswith("model.py's layer stack with model.filters=[4, 8]")
 
 
 def test_cosine_schedule_warms_up_then_decays():

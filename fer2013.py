@@ -1,0 +1,34 @@
+"""What FER2013 is, as arrays: 48x48 grayscale faces, 7 emotions, 3 Usage blocks."""
+from typing import NamedTuple
+
+import numpy as np
+
+EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+USAGES = ("Training", "PublicTest", "PrivateTest")
+TRAINING, PUBLIC_TEST, PRIVATE_TEST = range(3)
+SIZE = 48
+PIXELS = SIZE * SIZE
+IMAGE_SHAPE = (SIZE, SIZE, 1)
+FER2013_URL = "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data"
+
+
+class Faces(NamedTuple):
+    """A FER2013-shaped dataset: images uint8 (N, 48, 48), labels uint8 (N,) in 0..6, usage uint8 (N,) in 0..2."""
+    images: np.ndarray
+    labels: np.ndarray
+    usage: np.ndarray
+
+    def select(self, mask):
+        return Faces(self.images[mask], self.labels[mask], self.usage[mask])
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def to_float(images):
+    """uint8 (N, 48, 48) -> float32 (N, 48, 48, 1) in [0, 1], as the notebook fed its model (pixels / 255.0)."""
+    return images[..., None].astype(np.float32) / np.float32(255)
+
+
+def one_hot(labels, classes=len(EMOTIONS)):
+    return np.eye(classes, dtype=np.float32)[labels]
