@@ -1,15 +1,11 @@
-"""What each Keras backend needs to train fast and repeatably: devices, mixed precision, data parallelism and
-op determinism.
+"""What each Keras backend needs to train fast and repeatably: devices, the CPU's features, mixed precision, op
+determinism and TensorFlow's fused BatchNormalization (data parallelism: distribute.py).
 
 The one module that uses TensorFlow, JAX or PyTorch directly (common.start_backend only probes TensorFlow's
 devices), so that model.py, train.py and evaluate.py stay plain Keras 3 and run on any backend
 (KERAS_BACKEND=tensorflow, the default, jax or torch).
 """
-import contextlib
-import os
 import types
-
-import numpy as np
 
 from common import UserError, native_stderr_held
 
@@ -92,15 +88,13 @@ def choose_precision(setting):
     """(Keras dtype policy, why) for train.precision.
 
     auto: mixed_float16 on NVIDIA GPUs with tensor cores (compute capability 7.0+), float32 on older GPUs and on
-    every CPU. bfloat16 trains 1.5-2.7x faster on CPUs with AVX512_BF16 or AMX, but fails the synthetic check
-    (`bench.py precision`, 10 seeds on an AMX Xeon: float32 never below 0.875; bfloat16 stays on the demo's early
-    plateau, at 0.17-0.39, in 1 to 2 of 10 trainings, whether on oneDNN's AMX kernels or its AVX512_BF16 ones, with
-    the fused BatchNormalization kernel or Keras's own layer), so it is there to ask for, not the default.
+    every CPU: mixed_bfloat16, faster on CPUs with AVX512_BF16 or AMX, fails `bench.py precision` there
+    (docs/performance.md, Precision), so it is there to ask for, not the default.
     """
     if setting != "auto":
         if setting == "mixed_bfloat16" and not gpus() and not {"avx512_bf16", "amx_bf16"} & cpu_flags():
             return setting, ("as configured, on a CPU without bfloat16 instructions: emulated, many times slower "
-                             "than float32 (1.9 against 31 images/s on a 2-core AVX2 AMD EPYC)")
+                             "than float32")
         return setting, "as configured"
     found = gpus()
     if found:
@@ -114,203 +108,16 @@ def choose_precision(setting):
     return "float32", "auto: CPU without bfloat16 instructions"
 
 
-def choose_distribution(setting):
-    """none | mirrored | multi_worker for train.distribute (auto: multi_worker with TF_CONFIG, mirrored on
-    more than one accelerator, else none)."""
-    if setting != "auto":
-        return setting
-    if backend() == "tensorflow" and os.environ.get("TF_CONFIG"):
-        return "multi_worker"
-    if backend() == "jax" and os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
-        return "multi_worker"
-    return "mirrored" if len(gpus()) > 1 else "none"
-
-
-def check_cluster_settings():
-    """The multi-machine settings the backend will read, checked first: a malformed TF_CONFIG or
-    KERAS_DISTRIBUTION_* is one UserError, not a traceback or a hang."""
-    if backend() == "tensorflow":
-        _check_tf_config(os.environ.get("TF_CONFIG", ""))
-        return
-    addresses = [a for a in os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES", "").split(",") if a.strip()]
-    where = "KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID"
-    try:
-        count = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", len(addresses)))
-        index = int(os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", ""))
-    except ValueError:
-        raise UserError(f"{where}: the process count and this process's id must be integers") from None
-    if not addresses or not all(_host_port(a) for a in addresses):
-        raise UserError(f"{where}: the job addresses must be host:port, comma-separated, got {addresses}")
-    if not 0 <= index < count:
-        raise UserError(f"{where}: process id {index} is not one of the {count} processes")
-
-
-def is_chief(kind):
-    """Whether this process writes the run directory: always, except in a multi-machine run (kind
-    multi_worker), where only the TF_CONFIG cluster's chief (or worker 0 without one), or JAX process 0, does."""
-    if kind != "multi_worker":
-        return True
-    check_cluster_settings()
-    return cluster_roles()[2] == 0
-
-
-def cluster_roles():
-    """(the chief's host:port, the process count, this process's rank, 0 for the chief) of a multi-machine run,
-    from TF_CONFIG (chief, else worker 0; TensorFlow's chief and workers train) or KERAS_DISTRIBUTION_*."""
-    if backend() == "tensorflow":
-        import json
-
-        spec = json.loads(os.environ["TF_CONFIG"])
-        members = [(role, index, address) for role in ("chief", "worker")
-                   for index, address in enumerate(_as_list(spec["cluster"].get(role, [])))]
-        me = (spec["task"]["type"], int(spec["task"].get("index", 0)))
-        ranks = [(role, index) for role, index, _ in members]
-        return members[0][2], len(members), ranks.index(me) if me in ranks else -1
-    addresses = [a.strip() for a in os.environ["KERAS_DISTRIBUTION_JOB_ADDRESSES"].split(",") if a.strip()]
-    return (addresses[0], int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", len(addresses))),
-            int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"]))
-
-
-def meet_the_cluster(timeout):
-    """Every process checks in with the chief, at the chief's own address and port, before the backend connects
-    them: TensorFlow and JAX wait for a missing process in native code, with no timeout and beyond the reach of
-    Python's signals and timers, so a process that is not there would hang the others. The chief listens until
-    all have come, tells them to go on and lets go of the port, which the backend then takes; within `timeout`
-    seconds, or a UserError (one line, exit status 2)."""
-    import socket
-    import time
-
-    address, count, rank = cluster_roles()
-    if count < 2:
-        return
-    host, _, port = address.rpartition(":")
-    deadline = time.monotonic() + timeout
-    missing = (f"train.distribute=multi_worker: not every process of the cluster came within {timeout:g} s "
-               "(train.cluster_timeout); start all of them, at addresses they can reach")
-    if rank == 0:
-        with socket.create_server(("", int(port))) as server:
-            peers = []
-            while len(peers) < count - 1:
-                server.settimeout(max(deadline - time.monotonic(), 0.001))
-                try:
-                    peers.append(server.accept()[0])
-                except socket.timeout:
-                    raise UserError(f"{missing}: {len(peers) + 1} of {count} came, at the chief {address}") from None
-            for peer in peers:
-                peer.sendall(b"go")
-            for peer in peers:  # the others close first, so that the chief's port is free at once
-                peer.settimeout(max(deadline - time.monotonic(), 1))
-                with contextlib.suppress(OSError):
-                    peer.recv(1)
-                peer.close()
-        return
-    while True:
-        try:
-            with socket.create_connection((host, int(port)), timeout=1) as chief:
-                chief.settimeout(max(deadline - time.monotonic(), 0.001))
-                if chief.recv(2) == b"go":
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise UserError(f"{missing}: the chief {address} did not let this process (rank {rank}) go on")
-        time.sleep(0.2)
-
-
-def _as_list(members):
-    return members if isinstance(members, list) else [members]
-
-
-def _host_port(address):
-    host, _, port = address.strip().rpartition(":")
-    return bool(host) and port.isdigit()
-
-
-def _check_tf_config(text):
-    import json
-
-    try:
-        spec = json.loads(text)
-        cluster, task = spec["cluster"], spec["task"]
-        members = _as_list(cluster[task["type"]])
-        index = int(task.get("index", 0))
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise UserError(f"TF_CONFIG is not a cluster description ({type(error).__name__}: {error}); expected "
-                        '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') from None
-    addresses = [a for role in cluster.values() for a in _as_list(role)]
-    if not all(isinstance(a, str) and _host_port(a) for a in addresses):
-        raise UserError(f"TF_CONFIG: every cluster address must be host:port, got {addresses}")
-    if not 0 <= index < len(members):
-        raise UserError(f"TF_CONFIG: task {task['type']} {index} is not in the cluster ({len(members)} of them)")
-
-
-def reduce_leaf_by_leaf(strategy):
-    """strategy.reduce for Keras's fit on MultiWorkerMirroredStrategy, which Keras 3.15 calls with a whole
-    (x, y) batch and with axis=0 on scalar metrics (keras-team/keras#20585): TensorFlow's reduce takes neither
-    a nest ("TODO: support value being a nest") nor axis=0 on a scalar. Each leaf is reduced alone, a scalar
-    across workers only."""
-    reduce_one = strategy.reduce
-
-    def reduce(reduce_op, value, axis=None):
-        def leaf(one):
-            rank = strategy.experimental_local_results(one)[0].shape.rank
-            return reduce_one(reduce_op, one, axis=None if rank == 0 else axis)
-
-        return keras.tree.map_structure(leaf, value)
-
-    return reduce
-
-
-class Distribution:
-    """Data parallelism for one run: a context to build and train the model in, and how many devices share
-    each batch. The batch size stays the global batch size; the learning rate is not scaled.
-
-    `fresh_seed` is a random seed drawn once for the run: in a multi-machine run the chief's, handed to every
-    process by the backend, so that they shuffle alike. A multi-machine process that does not meet all the others
-    within `timeout` seconds stops in one line with exit status 2 (meet_the_cluster)."""
-
-    def __init__(self, kind, timeout=300):
-        self.kind, self.devices, self.strategy = kind, [], None
-        self.fresh_seed = int(np.random.SeedSequence().entropy % 2**32)
-        if kind == "none":
-            return
-        if kind == "multi_worker":
-            meet_the_cluster(timeout)
-        if backend() == "tensorflow":
-            import tensorflow as tf
-
-            if kind == "multi_worker":
-                self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
-                self.strategy.reduce = reduce_leaf_by_leaf(self.strategy)
-                per_replica = self.strategy.experimental_distribute_values_from_function(
-                    lambda context: tf.constant(self.fresh_seed if context.replica_id_in_sync_group == 0 else 0,
-                                                tf.int64))
-                self.fresh_seed = int(self.strategy.reduce("SUM", per_replica, axis=None))
-            else:
-                devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-                self.strategy = tf.distribute.MirroredStrategy(devices=[device.name for device in devices])
-            self.devices = list(self.strategy.extended.worker_devices)
-        elif backend() == "jax":
-            if kind == "multi_worker":
-                from jax.experimental import multihost_utils
-
-                keras.distribution.initialize()  # from KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID
-                self.fresh_seed = int(multihost_utils.broadcast_one_to_all(np.uint32(self.fresh_seed)))
-            self.devices = list_devices()
-            distribution = keras.distribution.DataParallel(devices=self.devices)
-            if kind == "multi_worker":
-                distribution.auto_shard_dataset = False  # each process feeds its own share of every batch
-            keras.distribution.set_distribution(distribution)
-        else:
-            raise UserError(f"train.distribute={kind} needs the tensorflow or jax backend, not {backend()}")
-
-    def scope(self):
-        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
-
-    def describe(self):
-        if self.kind == "none":
-            return "none"
-        return f"{self.kind} over {len(self.devices)} devices ({', '.join(map(str, self.devices))})"
+def choose_feed(setting):
+    """host | device for train.feed. auto: device on JAX with a GPU (each batch gathered there, nothing copied
+    from the host but its row numbers), host elsewhere: TensorFlow feeds Keras's PyDataset through tf.data,
+    which goes through the host whatever the batches hold."""
+    if setting == "auto":
+        return "device" if backend() == "jax" and gpus() else "host"
+    if setting == "device" and backend() == "tensorflow":
+        raise UserError("train.feed=device needs the jax or torch backend (KERAS_BACKEND=jax): TensorFlow's "
+                        "tf.data feeds every batch through the host")
+    return setting
 
 
 def batch_multiple():
@@ -369,9 +176,8 @@ def describe_devices():
 def fuse_batch_normalization(model):
     """On TensorFlow, the model's BatchNormalization layers run TensorFlow's fused kernel: one oneDNN (CPU) or
     cuDNN (GPU) op each way, where Keras 3 runs about a dozen elementwise ops, with casts to float32 around them
-    under mixed precision. Same function and moving statistics; about 1.1x (float32) and 1.1-1.5x (bfloat16)
-    the training speed on a 2-core CPU. Only the layers' call changes: checkpoints hold Keras's own
-    BatchNormalization and load anywhere, on any backend."""
+    under mixed precision. Same function and moving statistics, somewhat faster (docs/performance.md). Only the
+    layers' call changes: checkpoints hold Keras's own BatchNormalization and load anywhere, on any backend."""
     if keras.backend.backend() != "tensorflow":
         return model
     import tensorflow as tf

@@ -31,10 +31,10 @@ CPU kernels) and sums oneDNN's own time per primitive and direction over the tim
 """
 import argparse
 import collections
+import glob
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,332 +43,17 @@ import time
 
 import numpy as np
 
-from common import UserError, exit_on_user_error, start_backend
+from common import UserError, exit_on_user_error, start_backend, without_home, write_text
+from measure import peak_flops
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def notebook_load_data(dataset_path, width=48, height=48, num_classes=7):
-    """The notebook's load_data, as written there (to_categorical spelled out in NumPy, to leave Keras out)."""
-    data, test_data, test_labels, labels = [], [], [], []
-    with open(dataset_path, "r") as file:
-        for line_no, line in enumerate(file.readlines()):
-            if 0 < line_no <= 35887:
-                curr_class, line, set_type = line.split(",")
-                image_data = np.asarray([int(x) for x in line.split()]).reshape(width, height)
-                image_data = image_data.astype(np.uint8) / 255.0
-                if set_type.strip() == "PrivateTest":
-                    test_data.append(image_data)
-                    test_labels.append(curr_class)
-                else:
-                    data.append(image_data)
-                    labels.append(curr_class)
-        test_data = np.expand_dims(test_data, -1)
-        test_labels = np.eye(num_classes)[np.array(test_labels, dtype=int)]
-        data = np.expand_dims(data, -1)
-        labels = np.eye(num_classes)[np.array(labels, dtype=int)]
-        return np.array(data), np.array(labels), np.array(test_data), np.array(test_labels)
-
-
-def peak_mib():
-    """This process's peak resident memory. Linux's VmHWM starts afresh at exec, unlike ru_maxrss, which a
-    child inherits from the process that started it."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
-
-
-# --- what one child process measures ---------------------------------------------------------------------
-
-def measure_load(how, path, cache_dir):
-    import data
-
-    started = time.perf_counter()
-    if how == "notebook":
-        notebook_load_data(path)
-    elif how == "load_data":
-        data.load_data(path, cache_dir=None)
-    else:
-        data.read_faces(path, cache_dir if how == "warm" else None)
-    return {"seconds": time.perf_counter() - started, "peak_mib": peak_mib()}
-
-
-def _training_arrays(path, images):
-    import data
-
-    faces = data.read_faces(path, None)
-    faces = faces.select(faces.usage != data.PRIVATE_TEST)
-    repeats = -(-images // len(faces))
-    return faces.select(np.tile(np.arange(len(faces)), repeats)[:images])
-
-
-def _model(precision, how):
-    """Ours as train.py builds it, or the notebook's: Keras's own layers, BatchNormalization unfused."""
-    import keras
-
-    import train
-    from config import load_config
-    from model import build_model
-
-    keras.mixed_precision.set_global_policy(precision)
-    config = load_config(os.path.join(HERE, "config.yaml"))
-    return train.compile_model(build_model(config), config, fused_batch_norm=how != "notebook")
-
-
-def forward_flops_per_image(model):
-    """Floating-point operations (2 per multiply-add) of one face's forward pass through the convolutions and
-    dense layers, which are nearly all of the network's arithmetic."""
-    import keras
-
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, height, width, channels_out = layer.output.shape
-            kernel_height, kernel_width = layer.kernel_size
-            total += 2 * height * width * kernel_height * kernel_width * layer.input.shape[-1] * channels_out
-        elif isinstance(layer, keras.layers.Dense):
-            total += 2 * layer.input.shape[-1] * layer.units
-    return int(total)
-
-
-def training_flops_per_image(model):
-    """A training step's FLOPs per face: the forward pass, the gradients of the inputs and of the weights (each
-    as much arithmetic as the forward pass)."""
-    return 3 * forward_flops_per_image(model)
-
-
-def peak_flops(precision, flags, cores, ghz, vendor="", family=0):
-    """(An estimate of the CPU's peak FLOP/s for the precision's convolution arithmetic, how it was reckoned).
-
-    float32: two FMA units per core, 16 lanes with AVX-512 on Intel and on AMD's Zen 5 (CPU family 26) and later,
-    8 with AVX2 and with AVX-512 on Zen 4 (family 25), which runs it on 256-bit units. bfloat16: AMX's tile
-    multiply, 1,024 FLOP per cycle per core; else AVX512_BF16's dot products, twice float32's rate; without
-    either, float32's. Anything else (float16 on a CPU): float32's.
-    """
-    if not cores or not ghz:
-        return None, "clock or core count unknown"
-    wide = "avx512f" in flags and (vendor != "AuthenticAMD" or family >= 26)
-    lanes = 16 if wide else 8 if {"avx2", "fma"} <= flags else 4
-    per_cycle, how = 2 * 2 * lanes, f"2 FMA units x {lanes} float32 lanes"
-    if precision == "mixed_bfloat16":
-        if "amx_bf16" in flags:
-            per_cycle, how = 1024, "AMX tiles, 1,024 bfloat16 FLOP/cycle"
-        elif "avx512_bf16" in flags:
-            per_cycle, how = 2 * per_cycle, f"AVX512_BF16 dot products on {how}"
-        else:
-            how += " (no bfloat16 instructions)"
-    return cores * ghz * 1e9 * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({how})"
-
-
-SEGMENTS = 3  # timed segments per figure: the best one counts, so that a burst of CPU steal does not
-
-
-def measure_train(how, path, precision, steps, batch_size):
-    """Training images per second after a warm-up: ours (uint8 faces, batches formed on the fly) or the
-    notebook's model.fit on float arrays. `steps` are timed in SEGMENTS fits; the fastest counts."""
-    import data
-    import train
-
-    warm_up, per_segment = 3, max(1, steps // SEGMENTS)
-    faces = _training_arrays(path, (warm_up + per_segment * SEGMENTS) * batch_size)
-    model = _model(precision, how)
-    x, y = data.to_float(faces.images).astype(np.float64), data.one_hot(faces.labels)
-
-    def fit(start, batches):
-        rows = slice(start * batch_size, (start + batches) * batch_size)
-        if how == "notebook":
-            model.fit(x[rows], y[rows], batch_size=batch_size, shuffle=True, verbose=0)
-        else:
-            model.fit(train.Batches(faces.select(rows), batch_size, shuffle=True, seed=start), verbose=0, shuffle=False)
-
-    fit(0, warm_up)
-    timed_since_ms = time.time() * 1000
-    segments = [timed(lambda segment=segment: fit(warm_up + segment * per_segment, per_segment),
-                      per_segment * batch_size) for segment in range(SEGMENTS)]
-    return {**best_of(segments), "timed_steps": per_segment * SEGMENTS, "timed_since_ms": timed_since_ms,
-            "flops_per_image": training_flops_per_image(model)}
-
-
-def measure_gemm(precision, size=2048, repeats=8):
-    """FLOP/s of the backend's own matrix multiply on square matrices in the precision's compute dtype: a measured
-    reference beside the estimated peak, whose clock (the one the CPU states) can be below the one it runs at.
-    Not a ceiling: tuned convolution kernels can beat the backend's matmul."""
-    import keras
-
-    dtype = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}.get(precision, "float32")
-    a = keras.random.normal((size, size), dtype=dtype)
-    keras.ops.convert_to_numpy(keras.ops.matmul(a, a))
-    best = 0.0
-    for _ in range(SEGMENTS):
-        started = time.perf_counter()
-        for _ in range(repeats):
-            product = keras.ops.matmul(a, a)
-        keras.ops.convert_to_numpy(product)
-        best = max(best, 2 * size ** 3 * repeats / (time.perf_counter() - started))
-    return {"flops": best}
-
-
-def timed(job, images):
-    """(images per second, CPU cores busy) of one run of job: the cores show when the machine held us back."""
-    cpu, started = os.times(), time.perf_counter()
-    job()
-    seconds, after = time.perf_counter() - started, os.times()
-    busy = (after.user - cpu.user) + (after.system - cpu.system)
-    return images / seconds, busy / seconds
-
-
-def best_of(segments):
-    rate, cores = max(segments)
-    return {"images_per_second": rate, "cpu_cores": cores, "segments": [round(r, 2) for r, _ in segments],
-            "segment_cpu_cores": [round(c, 2) for _, c in segments]}
-
-
-def measure_predict(how, path, precision, images):
-    import data
-    import evaluate
-
-    faces = _training_arrays(path, images)
-    model = _model(precision, how)
-    x = data.to_float(faces.images).astype(np.float64)
-
-    def predict():
-        if how == "notebook":
-            model.predict(x, verbose=0)
-        else:
-            evaluate.predict_probabilities(model, faces.images)
-
-    predict()  # the first pass compiles
-    return {**best_of([timed(predict, images) for _ in range(SEGMENTS)]),
-            "flops_per_image": forward_flops_per_image(model)}
-
-
-def measure_precision(seed, precision, folder):
-    """PrivateTest accuracy of the demo's network trained with this seed and precision on the synthetic check."""
-    import contextlib
-    import io
-
-    import checkpoints
-    import data
-    import synthetic
-    import train
-    from config import load_config
-
-    path = os.path.join(folder, "synthetic.csv")
-    data.write_csv(path, synthetic.make_synthetic(2000, seed=1))
-    config = load_config(os.path.join(HERE, "configs", "demo.yaml"), [
-        f"data.path={path}", "data.cache_dir=null", f"train.seed={seed}", f"train.precision={precision}",
-        f"output.dir={folder}", "output.name=run"])
-    with contextlib.redirect_stdout(io.StringIO()):
-        run_dir = train.train(config)
-    scores = {}
-    for name, stem in (("final", "metrics-last.json"), ("best", "metrics.json")):
-        with open(os.path.join(run_dir, stem)) as f:
-            scores[name] = json.load(f)["accuracy"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        train_faces, _, test = train.prepare_data(config)
-    model = checkpoints.load_checkpoint(os.path.join(run_dir, "last.keras"))
-    recompute_batch_norm_statistics(model, data.to_float(train_faces.images))
-    scores["final_bn_recomputed"] = float(np.mean(model.predict(data.to_float(test.images), verbose=0).argmax(axis=1)
-                                                  == test.labels))
-    return scores
-
-
-def recompute_batch_norm_statistics(model, images):
-    """Set every BatchNormalization layer's moving mean and variance to the exact statistics of its inputs over
-    `images`, in inference mode (dropout off), layer after layer."""
-    import keras
-
-    for index, layer in enumerate(model.layers):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            inputs = keras.Model(model.inputs, model.layers[index - 1].output).predict(images, verbose=0)
-            inputs = inputs.astype(np.float64).reshape(-1, inputs.shape[-1])
-            layer.moving_mean.assign(inputs.mean(axis=0).astype(np.float32))
-            layer.moving_variance.assign(inputs.var(axis=0).astype(np.float32))
-
-
-def write_test_video(path, frames, size=(640, 480)):
-    """A camera-sized clip with one face (scikit-image's astronaut, 150 pixels wide) drifting across it."""
-    import cv2
-    import skimage.data
-
-    face = cv2.resize(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), (300, 300))
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30, size)
-    for index in range(frames):
-        frame = np.full((size[1], size[0], 3), 90, np.uint8)
-        left = 100 + index % 200
-        frame[90:390, left:left + 300] = face
-        writer.write(frame)
-    writer.release()
-
-
-def measure_video(how, precision, frames, folder):
-    """predict.py's whole video loop (decode, face detection, the notebook's network, annotation, encoding) on a
-    640x480 clip: frames per second after start-up. how: keras|onnx, then -full (detection on the full frame) or
-    -320 (predict.video_detect_width's default)."""
-    import keras
-
-    import export
-    import predict
-    from config import load_config
-    from model import build_model
-
-    runtime, detection = how.split("-")
-    keras.mixed_precision.set_global_policy(precision)
-    config = load_config(os.path.join(HERE, "config.yaml"))
-    checkpoint = os.path.join(folder, "model.keras")
-    build_model(config).save(checkpoint)
-    if runtime == "onnx":
-        export.export(checkpoint, os.path.join(folder, "model.onnx"))
-        checkpoint = os.path.join(folder, "model.onnx")
-    video = os.path.join(folder, "clip.mp4")
-    write_test_video(video, frames)
-    settings = {**config["predict"], "video_detect_width": None if detection == "full" else int(detection)}
-    predictor = predict.Predictor(predict.load_probabilities(checkpoint), predict.FaceFinder(settings),
-                                  settings["margin"])
-    predictor.frame(np.zeros((480, 640, 3), np.uint8))  # the first call builds the model's function
-    records = []
-    cpu, started = os.times(), time.perf_counter()
-    annotated = os.path.join(folder, "annotated")
-    os.makedirs(annotated)
-    predict.predict_video(predictor, video, annotated, set(), records.append)
-    seconds, after = time.perf_counter() - started, os.times()
-    busy = (after.user - cpu.user) + (after.system - cpu.system)
-    return {"frames_per_second": frames / seconds, "seconds": seconds, "cpu_cores": busy / seconds,
-            "frames_with_a_face": len({record["frame"] for record in records})}
-
-
-def child_main(argv):
-    job, how, *rest = argv
-    if job != "load":  # loading figures keep TensorFlow out of their time and memory
-        start_backend()  # TensorFlow's settings, as the scripts make them
-    if job == "precision":
-        with tempfile.TemporaryDirectory() as folder:
-            result = measure_precision(int(how), rest[0], folder)
-    elif job == "video":
-        with tempfile.TemporaryDirectory() as folder:
-            result = measure_video(how, rest[0], int(rest[1]), folder)
-    elif job == "load":
-        path, cache_dir = rest
-        result = measure_load(how, path, cache_dir)
-    elif job == "gemm":
-        result = measure_gemm(how)
-    elif job == "train":
-        path, precision, steps, batch_size = rest
-        result = measure_train(how, path, precision, int(steps), int(batch_size))
-    else:
-        path, precision, images = rest
-        result = measure_predict(how, path, precision, int(images))
-    print("RESULT " + json.dumps(result))
 
 
 # --- the parent: run children, print the table -------------------------------------------------------
 
 def in_child(*args, env=None):
     """(the child's RESULT, its whole stdout)."""
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *map(str, args)],
+    result = subprocess.run([sys.executable, os.path.join(HERE, "measure.py"), *map(str, args)],
                             capture_output=True, text=True, env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
@@ -381,7 +66,11 @@ def machine():
     import backends
     import keras
 
+    flags = backends.cpu_flags()
     return {"cpu": backends.cpu_model() or platform.machine(), "cores": os.cpu_count(),
+            "cpu_family": backends.cpuinfo_field("cpu family"),
+            "cpu_features": [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if name in flags],
+            "gpus": [f"{name} (compute capability {major}.{minor})" for name, (major, minor) in backends.gpus()],
             "python": platform.python_version(), "numpy": np.__version__,
             "keras": keras.__version__, "backend": keras.backend.backend(), "onednn": backends.onednn_enabled()}
 
@@ -541,17 +230,9 @@ def print_table(figures):
     print(f"{'bench':<8} {'what':<36} {'seconds':>9} {'peak MiB':>9} {'per s':>9} {'x notebook':>10} {'cores':>6}"
           f" {'TFLOP/s':>8} {'of peak':>8} {'of GEMM':>8}")
     for f in figures:
-        seconds = f"{f['seconds']:.3f}" if "seconds" in f and "images_per_second" not in f else ""  # video: its loop
-        peak = f"{f['peak_mib']:.0f}" if "peak_mib" in f else ""
-        rate = f"{f.get('images_per_second', f.get('frames_per_second', 0)):.1f}" if (
-            "images_per_second" in f or "frames_per_second" in f) else ""
-        ratio = f"{f['speedup_vs_notebook']:.2f}" if "speedup_vs_notebook" in f else ""
-        cores = f"{f['cpu_cores']:.2f}" if "cpu_cores" in f else ""
-        tflops = f"{f['tflops']:.3f}" if "tflops" in f else ""
-        share = f"{f['share_of_peak']:.0%}" if "share_of_peak" in f else ""
-        of_gemm = f"{f['share_of_gemm']:.0%}" if "share_of_gemm" in f else ""
-        print(f"{f['bench']:<8} {f['what']:<36} {seconds:>9} {peak:>9} {rate:>9} {ratio:>10} {cores:>6} {tflops:>8} "
-              f"{share:>8} {of_gemm:>8}")
+        bench, what, *numbers = figure_cells(f)
+        print(f"{bench:<8} {what:<36} " + " ".join(f"{cell:>{width}}" for cell, width in
+                                                    zip(numbers, (9, 9, 9, 10, 6, 8, 8, 8))))
     reckoned = {f["precision"]: (f["peak_tflops"], f["peak_reckoned"]) for f in figures if "peak_reckoned" in f}
     for precision, (peak, how) in reckoned.items():
         print(f"peak estimate, {precision}: {peak:.3f} TFLOP/s = {how}")
@@ -560,13 +241,49 @@ def print_table(figures):
         print(f"measured reference, {precision}: {tflops:.3f} TFLOP/s, the backend's 2048x2048 matrix multiply")
 
 
-@exit_on_user_error
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        return child_main(argv[1:])
+BENCH_FOLDER = os.path.join(HERE, "docs", "bench")
+
+
+def figure_cells(f):
+    """A figure's cells in print_table's columns (empty where the figure has no such value)."""
+    return [f["bench"], f["what"],
+            f"{f['seconds']:.3f}" if "seconds" in f and "images_per_second" not in f else "",
+            f"{f['peak_mib']:.0f}" if "peak_mib" in f else "",
+            f"{f.get('images_per_second', f.get('frames_per_second', 0)):.1f}"
+            if "images_per_second" in f or "frames_per_second" in f else "",
+            f"{f['speedup_vs_notebook']:.2f}" if "speedup_vs_notebook" in f else "",
+            f"{f['cpu_cores']:.2f}" if "cpu_cores" in f else "",
+            f"{f['tflops']:.3f}" if "tflops" in f else "",
+            f"{f['share_of_peak']:.0%}" if "share_of_peak" in f else "",
+            f"{f['share_of_gemm']:.0%}" if "share_of_gemm" in f else ""]
+
+
+COLUMNS = ("bench", "what", "seconds", "peak MiB", "per s", "x notebook", "cores", "TFLOP/s", "of peak", "of GEMM")
+
+
+def performance_tables(folder=BENCH_FOLDER):
+    """docs/performance.md's tables, one per committed `bench.py --json` file: the machine, then its figures."""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        about = record["machine"]
+        kind = ", ".join(about.get("gpus") or []) or (f"{about['cpu']}, CPU family {about.get('cpu_family') or '?'} "
+                                                      f"({', '.join(about.get('cpu_features') or [])})")
+        lines += [f"### {kind}, {about['cores']} cores", "",
+                  f"`{record['command']}` on {record['date']}: Python {about['python']}, NumPy {about['numpy']}, "
+                  f"Keras {about['keras']} ({about['backend']}, oneDNN {'on' if about['onednn'] else 'off'}). "
+                  f"From `docs/bench/{os.path.basename(path)}`.", "",
+                  "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+        lines += ["| " + " | ".join(figure_cells(f)) + " |" for f in record["figures"] if f["bench"] in
+                  ("load", "train", "predict", "video")]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("job", choices=("load", "train", "predict", "video", "all", "kernels", "precision"))
+    parser.add_argument("job", choices=("load", "train", "predict", "video", "all", "kernels", "precision", "tables"))
     parser.add_argument("--data", default="data/fer2013.csv", help="a FER2013 CSV (default data/fer2013.csv)")
     parser.add_argument("--repeat", type=int, default=3, help="load: fresh processes per figure (median)")
     parser.add_argument("--steps", type=int, default=30, help="train: timed steps per figure")
@@ -579,18 +296,21 @@ def main(argv=None):
                         help="train, predict: rounds taking turns over the figures; each keeps its best (default 2)")
     parser.add_argument("--precisions", default=None,
                         help="comma-separated (default: float32, mixed_bfloat16, and mixed_float16 with a GPU)")
+    parser.add_argument("--json", metavar="FILE", help="also write the machine and the figures to FILE "
+                                                       "(docs/bench/<machine>.json feeds docs/performance.md)")
     args = parser.parse_args(argv)
     if min(args.repeat, args.steps, args.batch_size, args.images, args.rounds, args.seeds, args.frames) < 1:
         raise UserError("--repeat, --steps, --batch-size, --images, --rounds, --seeds and --frames must be 1 or more")
-    if args.job not in ("precision", "video") and not os.path.isfile(args.data):
+    if args.job not in ("precision", "video", "tables") and not os.path.isfile(args.data):
         raise UserError(f"{args.data}: no such file (bench.py needs a FER2013-format CSV; give it with --data)")
+    return args
+
+
+def run_job(args, precisions):
+    """The figures of args.job."""
     figures = []
     if args.job in ("load", "all"):
         figures += bench_load(args.data, args.repeat)
-    import backends
-
-    precisions = (args.precisions.split(",") if args.precisions
-                  else ["float32", "mixed_bfloat16"] + (["mixed_float16"] if backends.gpus() else []))
     if args.job in ("train", "all"):
         figures += bench_images_per_second("train", args.data, precisions, args.rounds, args.steps, args.batch_size)
     if args.job in ("predict", "all"):
@@ -601,7 +321,22 @@ def main(argv=None):
         figures += bench_kernels(args.data, precisions, args.steps, args.batch_size)
     if args.job == "precision":
         figures += bench_precision(precisions, args.seeds)
+    return figures
+
+
+@exit_on_user_error
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.job == "tables":
+        print(performance_tables(), end="")
+        return 0
     about = machine()
+    import backends
+
+    precisions = (args.precisions.split(",") if args.precisions
+                  else ["float32", "mixed_bfloat16"] + (["mixed_float16"] if backends.gpus() else []))
+    figures = run_job(args, precisions)
     print(f"machine: {about['cpu']}, {about['cores']} cores; Python {about['python']}, NumPy {about['numpy']}, "
           f"Keras {about['keras']} ({about['backend']})")
     if args.job == "kernels":
@@ -613,6 +348,11 @@ def main(argv=None):
     print(json.dumps({"bench": "machine", **about}))
     for figure in figures:
         print(json.dumps(figure))
+    if args.json:
+        record = {"command": "python bench.py " + " ".join(argv), "date": time.strftime("%Y-%m-%d"),
+                  "machine": about, "figures": figures}
+        write_text(args.json, without_home(json.dumps(record, indent=1)) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 

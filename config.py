@@ -36,11 +36,15 @@ DEFAULTS = {
         "schedule": "plateau",
         "warmup_epochs": 0,
         "label_smoothing": 0.0,
+        "mixup": 0.0,
         "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0},
         "shuffle": True,
         "seed": None,
         "precision": "auto",
         "jit_compile": "auto",
+        "feed": "auto",
+        "steps_per_execution": 1,
+        "validation_batch_size": None,
         "distribute": "auto",
         "cluster_timeout": 300,
     },
@@ -59,6 +63,7 @@ TYPES = {
     "data.synthetic": (int, type(None)),
     "data.cache_dir": (str, type(None)),
     "train.seed": (int, type(None)),
+    "train.validation_batch_size": (int, type(None)),
     "train.jit_compile": (bool, str),
     "train.cluster_timeout": (int, float),
     "output.name": (str, type(None)),
@@ -70,6 +75,7 @@ CHOICES = {
     "train.schedule": ("plateau", "cosine"),
     "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "train.distribute": ("auto", "none", "mirrored", "multi_worker"),
+    "train.feed": ("auto", "host", "device"),
 }
 # Values that older configs spell by another name (data.protocol "seed" was the notebook's split).
 RENAMED = {"data.protocol": {"seed": "notebook"}}
@@ -211,7 +217,7 @@ def coerce(value, kinds):
 
 
 def validate(config):
-    """Types from DEFAULTS (or TYPES), then the values that cannot work."""
+    """Types from DEFAULTS (or TYPES), then the values that cannot work; returns the config, values coerced."""
     defaults = flatten(DEFAULTS)
     for key, value in flatten(config).items():
         kinds = TYPES.get(key, (type(defaults[key]),))
@@ -224,11 +230,23 @@ def validate(config):
             raise UserError(f"config: '{key}' must be a list of positive integers, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
             raise UserError(f"config: '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    require = _requirement(config)
+    check_training_values(config, require)
+    check_other_values(config, require)
+    return config
 
+
+def _requirement(config):
+    """require(ok, key, what): one UserError naming the key, what it must be and what it is, unless ok."""
     def require(ok, key, what):
         if not ok:
             raise UserError(f"config: '{key}' {what}, got {get_key(config, key)!r}")
 
+    return require
+
+
+def check_training_values(config, require):
+    """The data, model and train values that cannot work."""
     require(0 < config["data"]["validation_split"] < 1, "data.validation_split", "must be between 0 and 1 (exclusive)")
     for key in ("data.limit", "data.synthetic"):
         value = get_key(config, key)
@@ -245,11 +263,19 @@ def validate(config):
             "must be >= 0 and below train.epochs")
     require(config["train"]["cluster_timeout"] > 0, "train.cluster_timeout", "must be > 0 (seconds)")
     require(0 <= config["train"]["label_smoothing"] < 1, "train.label_smoothing", "must be in [0, 1)")
+    require(config["train"]["mixup"] >= 0, "train.mixup", "must be >= 0 (0: off; else Beta(mixup, mixup))")
+    require(config["train"]["steps_per_execution"] >= 1, "train.steps_per_execution", "must be >= 1")
+    size = config["train"]["validation_batch_size"]
+    require(size is None or size > 0, "train.validation_batch_size", "must be > 0, or null (train.batch_size)")
     for key, most in (("shift", 0.5), ("rotation", 180), ("zoom", 0.5)):
         require(0 <= config["train"]["augment"][key] <= most, f"train.augment.{key}", f"must be in [0, {most}]")
     crop = config["train"]["augment"]["crop"]
     require(crop == 0 or (24 <= crop < 48 and crop % 2 == 0), "train.augment.crop",
             "must be 0 (off) or an even size from 24 to 46")
+
+
+def check_other_values(config, require):
+    """The callbacks, predict and output values that cannot work."""
     for name in ("reduce_lr", "early_stopping", "checkpoint"):
         key = f"callbacks.{name}.monitor"
         require(get_key(config, key) in MONITORS, key, f"must be one of {', '.join(MONITORS)}")
@@ -272,7 +298,6 @@ def validate(config):
     name = config["output"]["name"]
     require(name is None or (name.strip() not in ("", ".", "..") and "/" not in name and "\\" not in name),
             "output.name", "must be a plain folder name")
-    return config
 
 
 def dump(config):

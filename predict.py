@@ -51,7 +51,7 @@ class FaceFinder:
 
     def __call__(self, gray, width=None, sizes=None):
         """[(x, y, w, h)] of the faces in a grayscale image, left to right. With `width`, the search runs on the
-        image scaled down to that width (about 2.5x faster at 320 than at 640 pixels), boxes given in the
+        image scaled down to that width (faster: the search's work grows with the pixels), boxes given in the
         image's own pixels; faces smaller than the cascade's 24-pixel window at that scale are not found.
         `sizes`: (smallest, largest) face to look for, in the image's pixels, instead of predict.min_size and up."""
         scale = min(1.0, width / gray.shape[1]) if width else 1.0

@@ -140,6 +140,7 @@ def summarize(run_dir, history, notebook):
         summary["init_weights"] = init_weights
     if "seconds" in history.columns:
         summary["hours"] = round(float(np.nansum(history["seconds"])) / 3600, 3)
+        summary["seconds"] = round(float(np.nansum(history["seconds"])), 1)  # the epochs' own, compile included
     for name, stem in (("final_weights", "metrics-last.json"), ("best_checkpoint", "metrics.json")):
         path = os.path.join(run_dir, stem)
         if os.path.exists(path):

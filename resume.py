@@ -62,9 +62,10 @@ class SignalGuard:
 class StopOnSignal(SignalGuard, keras.callbacks.Callback):
     """Ctrl-C and SIGTERM as SignalInterrupt, while the block it guards runs.
 
-    During fit the signal is only noted, and raised at the next batch's end: an exception raised straight from
+    During fit the signal is only noted, and raised at the next batch's start: an exception raised straight from
     a signal handler can land in a finalizer, which swallows it, and training would go on. A second signal,
-    or one outside fit, is raised at once.
+    or one outside fit, is raised at once. It hooks no batch's end, so that Keras may hand batch-end callbacks
+    to a thread (JAX, PyTorch) and never waits for a step to finish before starting the next.
     """
 
     def __init__(self):
@@ -88,7 +89,7 @@ class StopOnSignal(SignalGuard, keras.callbacks.Callback):
         if self.received is not None:
             raise SignalInterrupt(self.received)
 
-    on_train_batch_end = on_test_batch_end = on_epoch_begin = _raise_if_received
+    on_train_batch_begin = on_test_batch_begin = on_epoch_begin = _raise_if_received
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):

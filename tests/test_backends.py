@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 import backends
+import distribute
+import feed
 import synthetic
 import train
 from common import TEST_SIGNAL, UserError
@@ -44,7 +46,8 @@ def test_tensorflow_runs_onednn_kernels_unless_told_not_to():
 
     def run(**settings):
         env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
-        code = "import os, backends; print(backends.onednn_enabled(), os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+        code = ("import os, common; common.start_backend(); import backends; "
+                "print(backends.onednn_enabled(), os.environ['TF_ENABLE_ONEDNN_OPTS'])")
         result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                                 env={**env, "KERAS_BACKEND": "tensorflow", **settings})
         assert result.returncode == 0, result.stderr[-2000:]
@@ -80,22 +83,47 @@ def test_mixed_precision_keeps_the_softmax_in_float32():
 
 def test_batches_are_cut_to_a_multiple_of_the_devices_that_split_them():
     faces = synthetic.make_synthetic(21, seed=0)
-    batches = train.Batches(faces, 8, multiple=2)
+    batches = feed.Batches(faces, 8, multiple=2)
     sizes = [len(batches[i][0]) for i in range(len(batches))]
     assert sizes == [8, 8, 4]  # 21 = 8 + 8 + 5, and 5 is cut to 4
-    assert len(train.Batches(faces.select(slice(0, 17)), 8, multiple=2)) == 2  # 17 = 8 + 8 + 1: the 1 goes
+    assert len(feed.Batches(faces.select(slice(0, 17)), 8, multiple=2)) == 2  # 17 = 8 + 8 + 1: the 1 goes
 
 
 def test_shuffled_order_depends_on_seed_and_epoch_only():
     faces = synthetic.make_synthetic(40, seed=0)
-    a = train.Batches(faces, 8, shuffle=True, seed=3)
+    a = feed.Batches(faces, 8, shuffle=True, seed=3)
     first = a.order.copy()
     a.on_epoch_end()
     second = a.order.copy()
-    resumed = train.Batches(faces, 8, shuffle=True, seed=3, epoch=1)
+    resumed = feed.Batches(faces, 8, shuffle=True, seed=3, epoch=1)
     np.testing.assert_array_equal(resumed.order, second)
     assert not np.array_equal(first, second)
-    np.testing.assert_array_equal(train.Batches(faces, 8, shuffle=True, seed=3).order, first)
+    np.testing.assert_array_equal(feed.Batches(faces, 8, shuffle=True, seed=3).order, first)
+
+
+def test_batches_on_the_device_are_the_host_s_batches_and_mixup_mixes_pairs():
+    faces = synthetic.make_synthetic(40, seed=0)
+    host = feed.Batches(faces, 16, shuffle=True, seed=3, epoch=2)
+    device = feed.Batches(faces, 16, shuffle=True, seed=3, epoch=2, on_device=True)
+    for index in range(len(host)):
+        for a, b in zip(host[index], device[index]):
+            np.testing.assert_allclose(np.asarray(b), a, atol=1e-7)
+    mixed = feed.Batches(faces, 16, shuffle=True, seed=3, epoch=2, mixup=0.4)
+    x, y = mixed[1]
+    plain_x, plain_y = host[1]
+    np.testing.assert_allclose(y.sum(axis=1), 1, atol=1e-6)
+    # Each face and label: weight * its own + (1 - weight) * another of the batch's, drawn from (seed, epoch, batch).
+    rng = np.random.default_rng([3, 2, 1, 1])
+    weight, other = rng.beta(0.4, 0.4), rng.permutation(16)
+    np.testing.assert_allclose(x, plain_x * weight + plain_x[other] * (1 - weight), atol=1e-6)
+    np.testing.assert_allclose(y, plain_y * weight + plain_y[other] * (1 - weight), atol=1e-6)
+    assert not np.allclose(x, plain_x)
+    again_x, again_y = feed.Batches(faces, 16, shuffle=True, seed=3, epoch=2, mixup=0.4, on_device=True)[1]
+    np.testing.assert_allclose(np.asarray(again_x), x, atol=1e-6)  # the same draw from (seed, epoch, batch)
+    np.testing.assert_allclose(np.asarray(again_y), y, atol=1e-6)
+    assert backends.choose_feed("auto") == "host"  # no GPU here
+    with pytest.raises(UserError, match="train.feed=device needs the jax or torch backend"):
+        backends.choose_feed("device")
 
 
 TWO_CPUS = """
@@ -166,6 +194,25 @@ def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
 
 
 @pytest.mark.slow
+def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
+    """train.feed=device, steps_per_execution and large validation batches see the same batches in the same
+    order as the plain path, so they learn alike (the demo on JAX's CPU, one seed)."""
+    pytest.importorskip("jax")
+    scores = {}
+    for name, settings in (("plain", ["train.feed=host"]),
+                           ("fast", ["train.feed=device", "train.steps_per_execution=4",
+                                     "train.validation_batch_size=200"])):
+        result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
+                            "--set", "train.seed=0", "--set", "train.precision=float32",
+                            *[part for setting in settings for part in ("--set", setting)],
+                            "--set", f"output.dir={tmp_path}", "--set", f"output.name={name}",
+                            env={"KERAS_BACKEND": "jax"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[name] = json.loads((tmp_path / name / "metrics-last.json").read_text())["accuracy"]
+    assert scores["plain"] > 0.8 and abs(scores["fast"] - scores["plain"]) <= 0.02, scores
+
+
+@pytest.mark.slow
 def test_jax_data_parallel_over_two_cpu_devices(tmp_path):
     pytest.importorskip("jax")
     # Odd row counts everywhere, so that batches must be cut (training, validation) or padded (predictions).
@@ -191,24 +238,23 @@ def test_jax_data_parallel_over_two_cpu_devices(tmp_path):
 ])
 def test_a_malformed_tf_config_is_one_clear_error(tf_config, fragment):
     with pytest.raises(UserError, match=fragment):
-        backends._check_tf_config(tf_config)
-    backends._check_tf_config('{"cluster": {"worker": ["127.0.0.1:1", "10.0.0.2:2"]}, "task": {"type": "worker", '
+        distribute._check_tf_config(tf_config)
+    distribute._check_tf_config('{"cluster": {"worker": ["127.0.0.1:1", "10.0.0.2:2"]}, "task": {"type": "worker", '
                               '"index": 1}}')
 
 
 def test_malformed_jax_process_settings_are_one_clear_error(monkeypatch):
-    monkeypatch.setattr(backends, "backend", lambda: "jax")
     good = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": "127.0.0.1:1,127.0.0.1:2", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
             "KERAS_DISTRIBUTION_PROCESS_ID": "1"}
     for name, value in good.items():
         monkeypatch.setenv(name, value)
-    backends.check_cluster_settings()
+    distribute.check_cluster_settings("jax")
     for name, value, fragment in (("KERAS_DISTRIBUTION_PROCESS_ID", "2", "process id 2 is not one of the 2"),
                                   ("KERAS_DISTRIBUTION_NUM_PROCESSES", "two", "must be integers"),
                                   ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "localhost", "must be host:port")):
         monkeypatch.setenv(name, value)
         with pytest.raises(UserError, match=fragment):
-            backends.check_cluster_settings()
+            distribute.check_cluster_settings("jax")
         monkeypatch.setenv(name, good[name])
 
 

@@ -31,16 +31,16 @@ def test_bench_runs_on_a_small_file(synthetic_csv):
 def test_bench_speed_figures_count_what_they_timed(synthetic_csv):
     import keras
 
-    import bench
+    import measure
 
     try:
         for how in ("notebook", "ours"):
-            figure = bench.measure_predict(how, str(synthetic_csv), "float32", 40)
+            figure = measure.measure_predict(how, str(synthetic_csv), "float32", 40)
             assert figure["images_per_second"] == pytest.approx(max(figure["segments"]), abs=0.01)
-            assert len(figure["segments"]) == len(figure["segment_cpu_cores"]) == bench.SEGMENTS
-        figure = bench.measure_train("ours", str(synthetic_csv), "float32", 3, 4)  # bfloat16 is emulated, slow, on some CPUs
+            assert len(figure["segments"]) == len(figure["segment_cpu_cores"]) == measure.SEGMENTS
+        figure = measure.measure_train("ours", str(synthetic_csv), "float32", 3, 4)  # bfloat16 is emulated, slow, on some CPUs
         assert figure["images_per_second"] > 0 and len(figure["segments"]) == 3 and figure["timed_steps"] == 3
-        gemm = bench.measure_gemm("float32", size=256, repeats=2)["flops"]
+        gemm = measure.measure_gemm("float32", size=256, repeats=2)["flops"]
         assert 1e8 < gemm < 1e14  # a 256x256 float32 multiply on any CPU: between 0.1 GFLOP/s and 100 TFLOP/s
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -84,12 +84,12 @@ def test_bench_kernels_finds_the_convolutions_in_onednns_log(synthetic_csv):
 def test_bench_precision_recomputes_batch_norm_statistics_exactly():
     import keras
 
-    import bench
+    import measure
 
     model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(3, 1), keras.layers.BatchNormalization(),
                               keras.layers.Dropout(0.5), keras.layers.Conv2D(2, 1), keras.layers.BatchNormalization()])
     images = np.random.default_rng(0).random((10, 4, 4, 2)).astype(np.float32)
-    bench.recompute_batch_norm_statistics(model, images)
+    measure.recompute_batch_norm_statistics(model, images)
     first, second = model.layers[1], model.layers[4]
     inputs = keras.ops.convert_to_numpy(model.layers[0](images)).astype(np.float64)
     np.testing.assert_allclose(first.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
@@ -101,7 +101,7 @@ def test_bench_precision_recomputes_batch_norm_statistics_exactly():
 
 
 def test_bench_reckons_flops_from_the_network_and_the_peak_from_the_cpu():
-    import bench
+    import measure
     from model import build_model
 
     # The notebook's network: 2 x (46*46*9*1*64 + 46*46*9*64*64 + 23*23*9*(64*128 + 2*128*128) + ...) per face.
@@ -110,20 +110,20 @@ def test_bench_reckons_flops_from_the_network_and_the_peak_from_the_cpu():
     dense = [(2048, 512), (512, 256), (256, 128), (128, 64), (64, 7)]
     expected = 2 * (sum(size * size * 9 * cin * cout for size, cin, cout in convolutions) + sum(a * b for a, b in dense))
     model = build_model()
-    assert bench.forward_flops_per_image(model) == expected
-    assert bench.training_flops_per_image(model) == 3 * expected
+    assert measure.forward_flops_per_image(model) == expected
+    assert measure.training_flops_per_image(model) == 3 * expected
 
     avx2 = {"avx", "avx2", "fma"}
-    assert bench.peak_flops("float32", avx2, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32
-    assert bench.peak_flops("mixed_bfloat16", avx2, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32  # nothing faster
+    assert measure.peak_flops("float32", avx2, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32
+    assert measure.peak_flops("mixed_bfloat16", avx2, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32  # nothing faster
     zen4 = avx2 | {"avx512f", "avx512_bf16"}
-    assert bench.peak_flops("float32", zen4, 2, 2.5, "AuthenticAMD", 25)[0] == 2 * 2.5e9 * 32
-    assert bench.peak_flops("mixed_bfloat16", zen4, 2, 2.5, "AuthenticAMD", 25)[0] == 2 * 2.5e9 * 64
+    assert measure.peak_flops("float32", zen4, 2, 2.5, "AuthenticAMD", 25)[0] == 2 * 2.5e9 * 32
+    assert measure.peak_flops("mixed_bfloat16", zen4, 2, 2.5, "AuthenticAMD", 25)[0] == 2 * 2.5e9 * 64
     # Zen 5 (family 26) has 512-bit FMA units: twice Zen 4's lanes with the same flags
-    assert bench.peak_flops("float32", zen4, 2, 2.5, "AuthenticAMD", 26)[0] == 2 * 2.5e9 * 64
-    assert bench.peak_flops("mixed_bfloat16", zen4, 2, 2.5, "AuthenticAMD", 26)[0] == 2 * 2.5e9 * 128
+    assert measure.peak_flops("float32", zen4, 2, 2.5, "AuthenticAMD", 26)[0] == 2 * 2.5e9 * 64
+    assert measure.peak_flops("mixed_bfloat16", zen4, 2, 2.5, "AuthenticAMD", 26)[0] == 2 * 2.5e9 * 128
     sapphire_rapids = avx2 | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
-    assert bench.peak_flops("float32", sapphire_rapids, 2, 2.0, "GenuineIntel")[0] == 2 * 2.0e9 * 64
-    peak, how = bench.peak_flops("mixed_bfloat16", sapphire_rapids, 2, 2.0, "GenuineIntel")
+    assert measure.peak_flops("float32", sapphire_rapids, 2, 2.0, "GenuineIntel")[0] == 2 * 2.0e9 * 64
+    peak, how = measure.peak_flops("mixed_bfloat16", sapphire_rapids, 2, 2.0, "GenuineIntel")
     assert peak == 2 * 2.0e9 * 1024 and "AMX" in how
-    assert bench.peak_flops("float32", avx2, 2, 0.0)[0] is None
+    assert measure.peak_flops("float32", avx2, 2, 0.0)[0] is None

@@ -9,6 +9,7 @@ import yaml
 import checkpoints
 import data
 import evaluate
+import feed
 import train
 from config import load_config
 from conftest import ROOT, assert_user_error, run_script
@@ -117,7 +118,7 @@ def test_missing_dataset_says_where_to_get_fer2013(tmp_path, capsys):
 
 def test_batches_feed_float_faces_and_one_hot_labels(synthetic_csv):
     faces = data.read_faces(synthetic_csv).select(slice(0, 50))
-    batches = train.Batches(faces, 16, shuffle=True, seed=0)
+    batches = feed.Batches(faces, 16, shuffle=True, seed=0)
     assert len(batches) == 4
     seen = []
     for i in range(len(batches)):

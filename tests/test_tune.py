@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import train
+import search_space
 import tune
 from common import TEST_SIGNAL, UserError
 from config import load_config
@@ -166,7 +167,7 @@ def test_bad_search_files_get_one_clear_line(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(UserError, match=None) as raised:
-        tune.load_search(str(path), load_config())
+        search_space.load_search(str(path), load_config())
     assert fragment in str(raised.value) and str(path) in str(raised.value)
 
 
@@ -176,17 +177,17 @@ def test_a_bad_search_file_from_the_command_line(tmp_path):
     assert_user_error(run_script("tune.py", "--search", path), "bad.yaml", "empty range")
     assert not (ROOT / "runs" / "bad").exists()
     with pytest.raises(UserError, match="search file .*none.yaml not found"):
-        tune.load_search(str(tmp_path / "none.yaml"), load_config())
+        search_space.load_search(str(tmp_path / "none.yaml"), load_config())
 
 
 def test_another_search_under_the_same_name_is_refused(tmp_path):
     config = load_config(overrides=[f"output.dir={tmp_path}"])
-    first = tune.load_search(str(write_search(tmp_path / "a.yaml", "same")), config)
+    first = search_space.load_search(str(write_search(tmp_path / "a.yaml", "same")), config)
     assert tune.check_same_search(str(tmp_path / "same"), config, first) is False
     assert tune.check_same_search(str(tmp_path / "same"), config, first) is True  # the same: resumed
-    more = tune.load_search(str(write_search(tmp_path / "b.yaml", "same", max_trials=9)), config)
+    more = search_space.load_search(str(write_search(tmp_path / "b.yaml", "same", max_trials=9)), config)
     assert tune.check_same_search(str(tmp_path / "same"), config, more) is True  # a bigger budget is fine
-    other = tune.load_search(str(write_search(tmp_path / "c.yaml", "same", extra="  model.l2: [0.0, 0.01]\n")), config)
+    other = search_space.load_search(str(write_search(tmp_path / "c.yaml", "same", extra="  model.l2: [0.0, 0.01]\n")), config)
     with pytest.raises(UserError, match="holds a search with another search"):
         tune.check_same_search(str(tmp_path / "same"), config, other)
 
@@ -195,7 +196,7 @@ def test_hyperband_trials_take_their_epochs_from_the_bracket(tmp_path):
     config = load_config()
     path = tmp_path / "hb.yaml"
     path.write_text("tuner: hyperband\nepochs: 9\nspace:\n  model.dense: [[8], [16, 16]]\n  model.l2: {min: 0.0, max: 0.1}\n")
-    search = tune.load_search(str(path), config)
+    search = search_space.load_search(str(path), config)
     values = {"model.dense": "[16, 16]", "model.l2": 0.05, "tuner/epochs": 9, "tuner/initial_epoch": 3}
     trial = tune.trial_config(config, search, values, str(tmp_path / "trial_7"))
     assert trial["train"]["epochs"] == 6 and trial["model"]["dense"] == [16, 16] and trial["model"]["l2"] == 0.05

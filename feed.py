@@ -1,0 +1,100 @@
+"""How faces reach the network: the (train, validation, test) splits a config names, and Batches, which forms
+each batch from the uint8 faces, on the host or on the accelerator (train.feed), mixing pairs of faces when
+train.mixup asks for it.
+"""
+import os
+import time
+
+import numpy as np
+
+import data
+import synthetic
+from common import UserError, native_stderr_held
+
+with native_stderr_held():
+    import keras
+
+
+class Batches(keras.utils.PyDataset):
+    """uint8 faces -> float32 batches (/ 255) with one-hot labels.
+
+    Images stay uint8 until a batch is formed. With `shuffle`, epoch e visits the faces in the order of a
+    permutation drawn from (seed, e) alone, so a resumed run sees the same batches. Where `multiple` devices split
+    each batch (JAX data parallelism), the last batch is cut to a multiple of them; `share` = (index, count) keeps
+    this process's part of each batch (multi-process JAX).
+
+    `on_device`: the faces go to the accelerator once, and each batch is gathered, scaled and one-hot encoded
+    there; only its row numbers cross from the host. `mixup` > 0: each batch is mixed with itself in another
+    order, images and labels alike, by a weight drawn from Beta(mixup, mixup) (Zhang et al., 2018), the order and
+    weight drawn from (seed, epoch, batch) alone.
+    """
+
+    def __init__(self, faces, batch_size, shuffle=False, seed=None, multiple=1, epoch=0, share=(0, 1),
+                 on_device=False, mixup=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.faces, self.batch_size, self.shuffle, self.multiple = faces, batch_size, shuffle, multiple
+        self.share, self.on_device, self.mixup = share, on_device, mixup
+        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+        self.epoch = epoch
+        self.order = self._order()
+        if on_device:
+            self.images = keras.ops.convert_to_tensor(faces.images)
+            self.labels = keras.ops.convert_to_tensor(faces.labels.astype(np.int32))
+
+    def _order(self):
+        if not self.shuffle:
+            return np.arange(len(self.faces))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.faces))
+
+    def __len__(self):
+        full, rest = divmod(len(self.faces), self.batch_size)
+        return full + (rest - rest % self.multiple > 0)
+
+    def rows(self, index):
+        """The rows of batch `index` that this process feeds."""
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = rows[:len(rows) - len(rows) % self.multiple]
+        part, count = self.share
+        return rows[part * len(rows) // count:(part + 1) * len(rows) // count]
+
+    def __getitem__(self, index):
+        rows = self.rows(index)
+        if self.on_device:
+            rows = keras.ops.convert_to_tensor(rows.astype(np.int32))
+            images = keras.ops.cast(keras.ops.take(self.images, rows, axis=0), "float32") / 255.0
+            x = keras.ops.expand_dims(images, -1)
+            y = keras.ops.one_hot(keras.ops.take(self.labels, rows, axis=0), len(data.EMOTIONS))
+        else:
+            x, y = data.to_float(self.faces.images[rows]), data.one_hot(self.faces.labels[rows])
+        if self.mixup:
+            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            weight, other = np.float32(rng.beta(self.mixup, self.mixup)), rng.permutation(len(rows))
+            take = keras.ops.take if self.on_device else np.take
+            x = x * weight + take(x, other, axis=0) * (1 - weight)
+            y = y * weight + take(y, other, axis=0) * (1 - weight)
+        return x, y
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order()
+
+
+def prepare_data(config):
+    """(train, validation, test) Faces for the config's data and protocol."""
+    options = config["data"]
+    path = options["path"]
+    if not os.path.exists(path):
+        if options["synthetic"]:
+            print(f"{path} is missing and data.synthetic is set: drawing {options['synthetic']} SYNTHETIC faces "
+                  f"(a stand-in for demos, not FER2013)")
+            data.write_csv(path, synthetic.make_synthetic(options["synthetic"], seed=0))
+        else:
+            raise UserError(f"no dataset at {path}: download fer2013.csv from {data.FER2013_URL} and put it at "
+                            f"{path} (or point data.path at it, e.g. --set data.path=/path/to/fer2013.csv)")
+    started = time.time()
+    faces = data.limit_rows(data.read_faces(path, options["cache_dir"]), options["limit"])
+    train, validation, test = data.split(faces, options["protocol"], options["validation_split"], path)
+    kind = "SYNTHETIC faces" if options["synthetic"] else "faces"
+    print(f"data: {path} ({kind}, read in {time.time() - started:.1f} s), protocol {options['protocol']}: "
+          f"{len(train)} train, {len(validation)} validation, {len(test)} test")
+    return train, validation, test

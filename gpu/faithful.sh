@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (JAX, no Keras there): the faithful config, config.yaml unchanged but for its
+# seed, on the fast path (train.feed auto = device on JAX with a GPU), seeds 1, 2 and 3 while the time lasts;
+# each run published with results.py and scored with ten crops where it can. From the repository's root:
+#
+#     run(command="bash gpu/faithful.sh", carry=[".whl", ".device"], timeout_s=570)
+#
+# .whl holds the keras, namex and optree wheels (cp312, manylinux), .device fer2013-jpeg.npz, make_fer2013.py
+# and the notebook's training_log.csv, copied from ../shared. On a CPU, to try it: OUT=/tmp/out EPOCHS=1
+# LIMIT=300 SEEDS=1 bash gpu/faithful.sh (with keras installed, no .whl needed).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+EPOCHS=${EPOCHS:-100}
+LIMIT=${LIMIT:-null}
+SEEDS=${SEEDS:-"1 2 3"}
+BUDGET=${BUDGET:-480}        # seconds from the start: no seed starts after BUDGET - 150
+SETTINGS=${SETTINGS:-"--set train.steps_per_execution=8 --set train.validation_batch_size=1024"}
+start=$SECONDS
+mkdir -p "$OUT" /tmp/runs
+if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site || exit 1
+fi
+export KERAS_BACKEND=${KERAS_BACKEND:-jax}
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+[ -s /tmp/fer2013.csv ] || python3 .device/make_fer2013.py csv /tmp/fer2013.csv || exit 1
+published=()
+for seed in $SEEDS; do
+    if [ ${#published[@]} -gt 0 ] && [ $((SECONDS - start)) -gt $((BUDGET - 150)) ]; then
+        echo "seed $seed not started: $((SECONDS - start)) s gone of $BUDGET"; break
+    fi
+    name=faithful-gpu-seed$seed
+    t0=$SECONDS
+    # shellcheck disable=SC2086
+    python3 train.py --config config.yaml --set data.path=/tmp/fer2013.csv --set data.limit=$LIMIT \
+        --set train.epochs=$EPOCHS --set train.seed=$seed $SETTINGS \
+        --set output.dir=/tmp/runs --set output.name=$name > "/tmp/runs/$name.log" 2>&1
+    status=$?
+    echo "seed $seed: train.py exit $status, $((SECONDS - t0)) s in all (start-up, compile, 100 epochs, scoring)"
+    tail -4 "/tmp/runs/$name.log"
+    [ $status -eq 0 ] || { cp "/tmp/runs/$name.log" "$OUT/"; continue; }
+    python3 results.py "/tmp/runs/$name" --out "results/$name" --notebook-log .device/training_log.csv | tail -3
+    published+=("results/$name")
+    [ -f "results/${name}_vs_notebook.png" ] && published+=("results/${name}_vs_notebook.png")
+done
+[ ${#published[@]} -gt 0 ] && tar czf "$OUT/results.tgz" "${published[@]}"
+grep -h "s/step\|Epoch 100/100" /tmp/runs/*.log | tail -6 > "$OUT/epoch-times.txt"
+echo "done in $((SECONDS - start)) s"

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (JAX, no Keras there): configs/improved-gpu.yaml with as many epochs as fit the
+# time left after a 2-epoch probe (at most MAX_EPOCHS), the checkpoint chosen on PublicTest, PrivateTest scored
+# once plain and once with ten crops, the run published with results.py and the best checkpoint shipped. From the
+# repository's root:
+#
+#     run(command="bash gpu/recipe.sh", carry=[".whl", ".device"], timeout_s=590)
+#
+# Comes back: results.tgz (results/<name>/), the shipped model and its card, the logs. On a CPU, to try it:
+# OUT=/tmp/out TRAIN_SECONDS=60 MAX_EPOCHS=2 LIMIT=300 bash gpu/recipe.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+CONFIG=${CONFIG:-configs/improved-gpu.yaml}
+NAME=${NAME:-improved-gpu}
+TRAIN_SECONDS=${TRAIN_SECONDS:-390}   # the main run's epochs, compile excluded
+MAX_EPOCHS=${MAX_EPOCHS:-300}
+LIMIT=${LIMIT:-null}
+EXTRA=${EXTRA:-}                      # more --set options, e.g. "--set train.mixup=0.2"
+mkdir -p "$OUT" /tmp/runs
+if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site || exit 1
+fi
+export KERAS_BACKEND=${KERAS_BACKEND:-jax}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia-smi.txt" 2>&1
+[ -s /tmp/fer2013.csv ] || python3 .device/make_fer2013.py csv /tmp/fer2013.csv || exit 1
+common=(--config "$CONFIG" --set data.path=/tmp/fer2013.csv --set data.limit=$LIMIT --set output.dir=/tmp/runs)
+# shellcheck disable=SC2086
+python3 train.py "${common[@]}" --set train.epochs=2 --set train.warmup_epochs=1 --set output.name=probe $EXTRA \
+    --no-evaluate > /tmp/runs/probe.log 2>&1 || { cp /tmp/runs/probe.log "$OUT/"; exit 1; }
+epochs=$(python3 -c "
+import pandas as pd
+seconds = pd.read_csv('/tmp/runs/probe/history.csv')['seconds'].iloc[-1]  # epoch 2: compiled already
+print(max(2, min($MAX_EPOCHS, int($TRAIN_SECONDS / seconds))))")
+echo "probe: epoch 2 took $(tail -1 /tmp/runs/probe/history.csv | cut -d, -f1-3); training $epochs epochs"
+# shellcheck disable=SC2086
+python3 train.py "${common[@]}" --set train.epochs=$epochs --set output.name=$NAME $EXTRA > /tmp/runs/$NAME.log 2>&1
+status=$?
+tail -5 /tmp/runs/$NAME.log
+cp /tmp/runs/$NAME.log "$OUT/"
+[ $status -eq 0 ] || exit 1
+for checkpoint in best last; do
+    python3 evaluate.py --checkpoint /tmp/runs/$NAME/$checkpoint.keras --tta tencrop | head -1
+done
+python3 results.py /tmp/runs/$NAME --out results/$NAME --notebook-log .device/training_log.csv | tail -3
+python3 ship.py /tmp/runs/$NAME/best.keras /tmp/ship/fer2013-$NAME.keras --data /tmp/fer2013.csv
+tar czf "$OUT/results.tgz" results/$NAME results/${NAME}_vs_notebook.png 2>/dev/null || tar czf "$OUT/results.tgz" results/$NAME
+cp /tmp/ship/fer2013-$NAME.keras /tmp/ship/README.md "$OUT/"
