@@ -189,7 +189,8 @@ def fuse_batch_normalization(model):
         return model
     for layer in model.layers:
         if (type(layer) is keras.layers.BatchNormalization and len(layer.input.shape) == 4 and layer.axis in (-1, 3)
-                and layer.center and layer.scale and not layer.renorm and not layer.synchronized):
+                and layer.center and layer.scale and not getattr(layer, "renorm", False)  # Keras 3.11+ has renorm
+                and not layer.synchronized):
             layer.call = types.MethodType(_fused_batch_normalization, layer)
     return model
 
