@@ -25,7 +25,8 @@ def plan_run_dir(config, config_path):
     if output["name"]:
         run_dir = os.path.join(output["dir"], output["name"])
         if os.path.exists(run_dir):
-            if os.path.isfile(os.path.join(run_dir, resume_lib.STATE)) and not resume_lib.read_state(run_dir).get("finished"):
+            state_file = os.path.join(run_dir, resume_lib.STATE)
+            if os.path.isfile(state_file) and not resume_lib.read_state(run_dir).get("finished"):
                 raise UserError(f"{run_dir} holds an unfinished run: continue it with python train.py --resume "
                                 f"{run_dir}, or choose another output.name")
             raise UserError(f"{run_dir} already exists: choose another output.name")
@@ -117,7 +118,7 @@ RECORDED_VARIABLES = ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_
                       "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES")
 
 
-def environment(precision, why, model, distribution):
+def environment(setup, model):
     """What the run ran on: versions, devices and the choices made for them."""
     versions = {}
     for package in ("keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "pandas"):
@@ -136,9 +137,9 @@ def environment(precision, why, model, distribution):
             or None, "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "cpu_bfloat16": sorted({"avx512_bf16", "amx_bf16"} & backends.cpu_flags()), "versions": versions,
             "backend": backends.backend(), "devices": backends.describe_devices(), "onednn": backends.onednn_enabled(),
-            "precision": precision, "precision_reason": why, "jit_compile": bool(model.jit_compile),
+            "precision": setup.precision, "precision_reason": setup.why, "jit_compile": bool(model.jit_compile),
             "batch_norm": "fused kernel" if backends.uses_fused_batch_norm(model) else "Keras's own layer",
-            "distribution": distribution.describe(),
+            "distribution": setup.distribution.describe(), "feed": setup.feed,
             "environment_variables": {name: os.environ[name] for name in RECORDED_VARIABLES if name in os.environ}}
 
 

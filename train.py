@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+import types
 
 import numpy as np
 
@@ -113,29 +114,29 @@ def make_model(config, run_dir, state, init_weights):
     return model
 
 
-def announce(model, run_dir, precision, why, distribution, state, init_weights=None):
+def announce(model, run_dir, setup, state, init_weights=None):
     """The model and what it runs on, on screen and in environment.json (with the checkpoint it started from)."""
     model.summary()
     print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
-    print(f"precision {precision} ({why}), XLA {'on' if model.jit_compile else 'off'}, "
-          f"distribution {distribution.describe()}")
+    print(f"precision {setup.precision} ({setup.why}), XLA {'on' if model.jit_compile else 'off'}, "
+          f"distribution {setup.distribution.describe()}, batches formed on the {setup.feed}")
     started_from = {}
     if init_weights and not state:
         started_from["init_weights"] = {"path": os.path.abspath(init_weights[0]),
                                         "sha256": sha256(init_weights[0])}
-    outputs.record_environment(run_dir, {**outputs.environment(precision, why, model, distribution), **started_from,
+    outputs.record_environment(run_dir, {**outputs.environment(setup, model), **started_from,
                                  "epochs_done_at_start": state["epochs_done"] if state else 0}, resumed=bool(state))
 
 
-def fit(model, config, callbacks, splits, state, shuffle_seed):
+def fit(model, config, callbacks, splits, state, setup):
     """model.fit from the first epoch not yet done; one line per epoch where stdout is not a terminal."""
     options = config["train"]
     first_epoch = state["epochs_done"] if state else 0
     if (state and state["training_over"]) or first_epoch >= options["epochs"]:
         return
     batches = dict(multiple=backends.batch_multiple(), workers=backends.prefetch_workers(),
-                   share=backends.process_share(), on_device=backends.choose_feed(options["feed"]) == "device")
-    model.fit(feed.Batches(splits[0], options["batch_size"], shuffle=options["shuffle"], seed=shuffle_seed,
+                   share=backends.process_share(), on_device=setup.feed == "device")
+    model.fit(feed.Batches(splits[0], options["batch_size"], shuffle=options["shuffle"], seed=setup.shuffle_seed,
                            epoch=first_epoch, mixup=options["mixup"], **batches),
               validation_data=feed.Batches(splits[1], options["validation_batch_size"] or options["batch_size"],
                                            **batches),
@@ -158,7 +159,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     state = resume_lib.read_state(resume_dir) if resume_dir else None
     run_dir = (resume_dir or outputs.plan_run_dir(config, config_path)) if writer else None
     splits = feed.prepare_data(config)
-    precision, why, distribution, shuffle_seed = set_up(options, kind, state)
+    setup = set_up(options, kind, state)
     if not writer:
         run_dir = tempfile.mkdtemp(prefix="fer2013-worker-")
     elif not resume_dir:
@@ -168,14 +169,14 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     stop_on_signal, callbacks = resume_lib.StopOnSignal(), []
     try:
         with stop_on_signal:
-            with distribution.scope():
+            with setup.distribution.scope():
                 model = make_model(config, resume_dir or run_dir, state, init_weights)
             write_text(os.path.join(run_dir, "config.yaml"), dump(config))
-            announce(model, run_dir, precision, why, distribution, state, init_weights)
-            callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, shuffle_seed)
+            announce(model, run_dir, setup, state, init_weights)
+            callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, setup.shuffle_seed)
             if os.environ.get(TEST_SIGNAL):
                 callbacks.insert(0, SignalAt())
-            fit(model, config, callbacks, splits, state, shuffle_seed)
+            fit(model, config, callbacks, splits, state, setup)
             outputs.save_exports(model, run_dir)
             outputs.plot_curves(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
             if evaluate_after and writer:
@@ -186,11 +187,12 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
             run_dir = resume_dir or "the chief's run directory"
         raise_stopped(stop, run_dir, resume_dir or not writer, resume_lib.epochs_done(callbacks, state),
                       options["epochs"])
-    return finish(model, run_dir, kind, writer, shuffle_seed)
+    return finish(model, run_dir, kind, writer, setup.shuffle_seed)
 
 
 def set_up(options, kind, state):
-    """Seeds, precision and data parallelism for the run: (precision, why, Distribution, the shuffling seed)."""
+    """Seeds, precision, data parallelism and where batches are formed, for the run: a SimpleNamespace of
+    precision, why (the precision's reason), distribution, shuffle_seed and feed (host or device)."""
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
     precision, why = backends.choose_precision(options["precision"])
@@ -204,7 +206,8 @@ def set_up(options, kind, state):
         if (options[key] or 0) % backends.batch_multiple():
             raise UserError(f"train.{key} {options[key]} cannot be split evenly over {backends.batch_multiple()} "
                             "devices")
-    return precision, why, distribution, shuffle_seed
+    return types.SimpleNamespace(precision=precision, why=why, distribution=distribution, shuffle_seed=shuffle_seed,
+                                 feed=backends.choose_feed(options["feed"]))
 
 
 def finish(model, run_dir, kind, writer, shuffle_seed):

@@ -203,7 +203,7 @@ def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
                            ("fast", ["train.feed=device", "train.steps_per_execution=4",
                                      "train.validation_batch_size=200"])):
         result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
-                            "--set", "train.seed=0", "--set", "train.precision=float32",
+                            "--set", "train.seed=0", "--set", "train.precision=float32", "--set", "train.epochs=4",
                             *[part for setting in settings for part in ("--set", setting)],
                             "--set", f"output.dir={tmp_path}", "--set", f"output.name={name}",
                             env={"KERAS_BACKEND": "jax"})
