@@ -36,7 +36,7 @@ for seed in $SEEDS; do
         --set train.epochs=$EPOCHS --set train.seed=$seed $SETTINGS \
         --set output.dir=/tmp/runs --set output.name=$name > "/tmp/runs/$name.log" 2>&1
     status=$?
-    echo "seed $seed: train.py exit $status, $((SECONDS - t0)) s in all (start-up, compile, 100 epochs, scoring)"
+    echo "seed $seed: train.py exit $status, $((SECONDS - t0)) s in all (start-up, compile, $EPOCHS epochs, scoring)"
     tail -4 "/tmp/runs/$name.log"
     [ $status -eq 0 ] || { cp "/tmp/runs/$name.log" "$OUT/"; continue; }
     python3 results.py "/tmp/runs/$name" --out "results/$name" --notebook-log .device/training_log.csv | tail -3

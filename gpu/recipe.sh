@@ -28,11 +28,9 @@ common=(--config "$CONFIG" --set data.path=/tmp/fer2013.csv --set data.limit=$LI
 # shellcheck disable=SC2086
 python3 train.py "${common[@]}" --set train.epochs=2 --set train.warmup_epochs=1 --set output.name=probe $EXTRA \
     --no-evaluate > /tmp/runs/probe.log 2>&1 || { cp /tmp/runs/probe.log "$OUT/"; exit 1; }
-epochs=$(python3 -c "
-import pandas as pd
-seconds = pd.read_csv('/tmp/runs/probe/history.csv')['seconds'].iloc[-1]  # epoch 2: compiled already
-print(max(2, min($MAX_EPOCHS, int($TRAIN_SECONDS / seconds))))")
-echo "probe: epoch 2 took $(tail -1 /tmp/runs/probe/history.csv | cut -d, -f1-3); training $epochs epochs"
+seconds=$(python3 -c "import pandas as pd; print(pd.read_csv('/tmp/runs/probe/history.csv')['seconds'].iloc[-1])")
+epochs=$(python3 -c "print(max(4, min($MAX_EPOCHS, int($TRAIN_SECONDS / $seconds))))")  # epoch 2: compiled already
+echo "probe: epoch 2 took $seconds s; training $epochs epochs"
 # shellcheck disable=SC2086
 python3 train.py "${common[@]}" --set train.epochs=$epochs --set output.name=$NAME $EXTRA > /tmp/runs/$NAME.log 2>&1
 status=$?
