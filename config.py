@@ -37,6 +37,7 @@ DEFAULTS = {
         "warmup_epochs": 0,
         "label_smoothing": 0.0,
         "mixup": 0.0,
+        "ema": 0.0,
         "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0},
         "shuffle": True,
         "seed": None,
@@ -264,6 +265,7 @@ def check_training_values(config, require):
     require(config["train"]["cluster_timeout"] > 0, "train.cluster_timeout", "must be > 0 (seconds)")
     require(0 <= config["train"]["label_smoothing"] < 1, "train.label_smoothing", "must be in [0, 1)")
     require(config["train"]["mixup"] >= 0, "train.mixup", "must be >= 0 (0: off; else Beta(mixup, mixup))")
+    require(0 <= config["train"]["ema"] < 1, "train.ema", "must be in [0, 1) (0: off; else the average's momentum)")
     require(config["train"]["steps_per_execution"] >= 1, "train.steps_per_execution", "must be >= 1")
     size = config["train"]["validation_batch_size"]
     require(size is None or size > 0, "train.validation_batch_size", "must be > 0, or null (train.batch_size)")

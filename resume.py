@@ -112,6 +112,7 @@ CALLBACK_STATE = {
     keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
     keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
     keras.callbacks.ModelCheckpoint: ("best",),
+    keras.callbacks.SwapEMAWeights: ("_ema_weights_in_model",),  # an epoch ends with the average in the model
 }
 
 

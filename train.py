@@ -64,11 +64,12 @@ def make_callbacks(config, run_dir, state=None, shuffle_seed=None):
         schedule = keras.callbacks.ReduceLROnPlateau(monitor=monitor_name(reduce_lr["monitor"]),
                                                      factor=reduce_lr["factor"], patience=reduce_lr["patience"],
                                                      mode=monitor_mode(reduce_lr["monitor"]), verbose=1)
-    callbacks = [
-        schedule,
-        resume_lib.AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=monitor_name(checkpoint["monitor"]),
-                              save_best_only=checkpoint["save_best_only"], mode=monitor_mode(checkpoint["monitor"])),
-    ]
+    callbacks = [schedule]
+    if training["ema"]:  # validation and the checkpoints see the weights' moving average
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    callbacks.append(resume_lib.AtomicModelCheckpoint(
+        os.path.join(run_dir, "best.keras"), monitor=monitor_name(checkpoint["monitor"]),
+        save_best_only=checkpoint["save_best_only"], mode=monitor_mode(checkpoint["monitor"])))
     if stopping["enabled"]:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor_name(stopping["monitor"]), min_delta=stopping["min_delta"],
@@ -92,11 +93,13 @@ def compile_model(model, config, fused_batch_norm=True):
     """The notebook's compile: Adam (or the config's optimizer), categorical cross-entropy, accuracy; and on
     TensorFlow its fused BatchNormalization kernel unless `fused_batch_norm` is off (backends.py)."""
     options = config["train"]
+    settings = dict(learning_rate=options["learning_rate"], use_ema=options["ema"] > 0,
+                    ema_momentum=options["ema"] or 0.99)
     if options["optimizer"] == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate=options["learning_rate"], momentum=0.9, nesterov=True)
+        optimizer = keras.optimizers.SGD(momentum=0.9, nesterov=True, **settings)
     else:
         optimizer = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
-                     "rmsprop": keras.optimizers.RMSprop}[options["optimizer"]](learning_rate=options["learning_rate"])
+                     "rmsprop": keras.optimizers.RMSprop}[options["optimizer"]](**settings)
     loss = (keras.losses.CategoricalCrossentropy(label_smoothing=options["label_smoothing"])
             if options["label_smoothing"] else "categorical_crossentropy")
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=options["jit_compile"],

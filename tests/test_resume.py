@@ -84,6 +84,26 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, sho
     assert_user_error(again, str(run_dir), "nothing to resume")
 
 
+def test_a_run_with_a_weight_average_resumes_exactly(tmp_path, short_data):
+    """train.ema: an epoch ends with the average swapped into the model (validation and best.keras see it); a
+    kill in the next epoch and --resume swap it back before training goes on, as the uninterrupted run did."""
+    ema = [*SHORT, *short_data, "--set", "train.ema=0.9", "--set", "train.seed=2", "--set", f"output.dir={tmp_path}"]
+    whole = start(*ema, "--set", "output.name=whole")
+    process = start(*ema, "--set", "output.name=broken", signal_at="SIGKILL@epoch 2 batch 2")
+    process.communicate(timeout=300)
+    assert process.returncode == -9 and epochs_done(tmp_path / "broken") == 1
+    state = json.loads((tmp_path / "broken" / "state.json").read_text())
+    assert {"_ema_weights_in_model": True} in state["callbacks"].values()
+    assert whole.communicate(timeout=300)[0] and whole.returncode == 0
+    resumed = run_script("train.py", "--resume", tmp_path / "broken", "--no-evaluate")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    history, whole_history = (pd.read_csv(tmp_path / name / "history.csv") for name in ("broken", "whole"))
+    timeless = [column for column in history.columns if column != "seconds"]
+    assert history[timeless].to_csv() == whole_history[timeless].to_csv()
+    for a, b in zip(weights(tmp_path / "broken" / "last.keras"), weights(tmp_path / "whole" / "last.keras")):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_an_unseeded_run_resumes_in_its_own_shuffle_order(tmp_path, short_data):
     run_dir = tmp_path / "unseeded"
     process = start(*SHORT, *short_data, "--set", "train.seed=null", "--set", "data.limit=100", "--set",
