@@ -19,12 +19,14 @@ class Batches(keras.utils.PyDataset):
     """uint8 faces -> float32 batches (/ 255) with one-hot labels.
 
     Images stay uint8 until a batch is formed. With `shuffle`, epoch e visits the faces in the order of a
-    permutation drawn from (seed, e) alone, so a resumed run sees the same batches. Where `multiple` devices split
+    permutation drawn from (seed, e) alone, so a resumed run sees the same batches (fit tells it e through
+    FollowEpochs). Where `multiple` devices split
     each batch (JAX data parallelism), the last batch is cut to a multiple of them; `share` = (index, count) keeps
     this process's part of each batch (multi-process JAX).
 
-    `on_device`: the faces go to the accelerator once, and each batch is gathered, scaled and one-hot encoded
-    there; only its row numbers cross from the host. `mixup` > 0: each batch is mixed with itself in another
+    `on_device`: the faces go to the accelerator once, scaled as on the host (265 MB for FER2013's training
+    set), and each batch is gathered and one-hot encoded there: only its row numbers cross from the host, and the
+    batches are the host's, bit for bit. `mixup` > 0: each batch is mixed with itself in another
     order, images and labels alike, by a weight drawn from Beta(mixup, mixup) (Zhang et al., 2018), the order and
     weight drawn from (seed, epoch, batch) alone.
     """
@@ -38,7 +40,7 @@ class Batches(keras.utils.PyDataset):
         self.epoch = epoch
         self.order = self._order()
         if on_device:
-            self.images = keras.ops.convert_to_tensor(faces.images)
+            self.images = keras.ops.convert_to_tensor(data.to_float(faces.images))
             self.labels = keras.ops.convert_to_tensor(faces.labels.astype(np.int32))
 
     def _order(self):
@@ -61,8 +63,7 @@ class Batches(keras.utils.PyDataset):
         rows = self.rows(index)
         if self.on_device:
             rows = keras.ops.convert_to_tensor(rows.astype(np.int32))
-            images = keras.ops.cast(keras.ops.take(self.images, rows, axis=0), "float32") / 255.0
-            x = keras.ops.expand_dims(images, -1)
+            x = keras.ops.take(self.images, rows, axis=0)
             y = keras.ops.one_hot(keras.ops.take(self.labels, rows, axis=0), len(data.EMOTIONS))
         else:
             x, y = data.to_float(self.faces.images[rows]), data.one_hot(self.faces.labels[rows])
@@ -74,9 +75,30 @@ class Batches(keras.utils.PyDataset):
             y = y * weight + take(y, other, axis=0) * (1 - weight)
         return x, y
 
-    def on_epoch_end(self):
-        self.epoch += 1
+    def set_epoch(self, epoch):
+        """Visit the faces in epoch `epoch`'s order from the next batch on (FollowEpochs calls it)."""
+        self.epoch = epoch
         self.order = self._order()
+
+
+def steps_per_call(most, steps):
+    """The largest number of steps, at most `most`, that divides an epoch's `steps`: Keras (3.15) trains an epoch
+    whose last call into the compiled function is partial differently from one step a call, so such a number
+    keeps every setting of train.steps_per_execution step for step the same training."""
+    return max(n for n in range(1, min(most, steps) + 1) if steps % n == 0)
+
+
+class FollowEpochs(keras.callbacks.Callback):
+    """Hands fit's epoch number to the training Batches before that epoch's first batch is asked for. Counting
+    PyDataset.on_epoch_end calls instead would skip orders: Keras (3.15) makes one more at the start of fit, and
+    one more after an epoch whose last call into the compiled function is partial (steps_per_execution)."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
 
 
 def prepare_data(config):

@@ -89,7 +89,7 @@ def cosine_learning_rate(epoch, peak, epochs, warmup_epochs=0):
     return 0.5 * peak * (1 + math.cos(math.pi * progress))
 
 
-def compile_model(model, config, fused_batch_norm=True):
+def compile_model(model, config, fused_batch_norm=True, steps_per_execution=1):
     """The notebook's compile: Adam (or the config's optimizer), categorical cross-entropy, accuracy; and on
     TensorFlow its fused BatchNormalization kernel unless `fused_batch_norm` is off (backends.py)."""
     options = config["train"]
@@ -103,13 +103,13 @@ def compile_model(model, config, fused_batch_norm=True):
     loss = (keras.losses.CategoricalCrossentropy(label_smoothing=options["label_smoothing"])
             if options["label_smoothing"] else "categorical_crossentropy")
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=options["jit_compile"],
-                  steps_per_execution=options["steps_per_execution"])
+                  steps_per_execution=steps_per_execution)
     return backends.fuse_batch_normalization(model) if fused_batch_norm else model
 
 
-def make_model(config, run_dir, state, init_weights):
+def make_model(config, run_dir, state, init_weights, steps_per_execution=1):
     """The compiled network: as the run left it (resume), from another checkpoint (fine-tuning), or fresh."""
-    model = compile_model(build_model(config), config)
+    model = compile_model(build_model(config), config, steps_per_execution=steps_per_execution)
     if state:
         resume_lib.restore(model, run_dir, state)
     elif init_weights:
@@ -122,7 +122,8 @@ def announce(model, run_dir, setup, state, init_weights=None):
     model.summary()
     print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
     print(f"precision {setup.precision} ({setup.why}), XLA {'on' if model.jit_compile else 'off'}, "
-          f"distribution {setup.distribution.describe()}, batches formed on the {setup.feed}")
+          f"distribution {setup.distribution.describe()}, batches formed on the {setup.feed}, "
+          f"{setup.steps_per_execution} steps a call")
     started_from = {}
     if init_weights and not state:
         started_from["init_weights"] = {"path": os.path.abspath(init_weights[0]),
@@ -139,11 +140,11 @@ def fit(model, config, callbacks, splits, state, setup):
         return
     batches = dict(multiple=backends.batch_multiple(), workers=backends.prefetch_workers(),
                    share=backends.process_share(), on_device=setup.feed == "device")
-    model.fit(feed.Batches(splits[0], options["batch_size"], shuffle=options["shuffle"], seed=setup.shuffle_seed,
-                           epoch=first_epoch, mixup=options["mixup"], **batches),
-              validation_data=feed.Batches(splits[1], options["validation_batch_size"] or options["batch_size"],
-                                           **batches),
-              epochs=options["epochs"], initial_epoch=first_epoch, callbacks=callbacks, shuffle=False,
+    training = feed.Batches(splits[0], options["batch_size"], shuffle=options["shuffle"], seed=setup.shuffle_seed,
+                            epoch=first_epoch, mixup=options["mixup"], **batches)
+    validation = feed.Batches(splits[1], options["validation_batch_size"] or options["batch_size"], **batches)
+    model.fit(training, validation_data=validation, epochs=options["epochs"], initial_epoch=first_epoch,
+              callbacks=[feed.FollowEpochs(training), *callbacks], shuffle=False,
               verbose="auto" if sys.stdout.isatty() else 2)
 
 
@@ -163,6 +164,8 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     run_dir = (resume_dir or outputs.plan_run_dir(config, config_path)) if writer else None
     splits = feed.prepare_data(config)
     setup = set_up(options, kind, state)
+    setup.steps_per_execution = feed.steps_per_call(options["steps_per_execution"], len(feed.Batches(
+        splits[0], options["batch_size"], multiple=backends.batch_multiple(), share=backends.process_share())))
     if not writer:
         run_dir = tempfile.mkdtemp(prefix="fer2013-worker-")
     elif not resume_dir:
@@ -173,7 +176,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     try:
         with stop_on_signal:
             with setup.distribution.scope():
-                model = make_model(config, resume_dir or run_dir, state, init_weights)
+                model = make_model(config, resume_dir or run_dir, state, init_weights, setup.steps_per_execution)
             write_text(os.path.join(run_dir, "config.yaml"), dump(config))
             announce(model, run_dir, setup, state, init_weights)
             callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, setup.shuffle_seed)
