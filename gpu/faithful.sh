@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (JAX, no Keras there): the faithful config, config.yaml unchanged but for its
 # seed, on the fast path (train.feed auto = device on JAX with a GPU), seeds 1, 2 and 3 while the time lasts;
-# each run published with results.py and scored with ten crops where it can. From the repository's root:
+# train.py scores each run on PrivateTest and results.py publishes it. From the repository's root (gpu/carry.sh first):
 #
 #     run(command="bash gpu/faithful.sh", carry=[".whl", ".device"], timeout_s=570)
 #
-# .whl holds the keras, namex and optree wheels (cp312, manylinux), .device fer2013-jpeg.npz, make_fer2013.py
-# and the notebook's training_log.csv, copied from ../shared. On a CPU, to try it: OUT=/tmp/out EPOCHS=1
+# gpu/carry.sh fills .whl (the keras, namex and optree wheels) and .device (fer2013-jpeg.npz, make_fer2013.py
+# and the notebook's training_log.csv from ../shared). On a CPU, to try it: OUT=/tmp/out EPOCHS=1
 # LIMIT=300 SEEDS=1 bash gpu/faithful.sh (with keras installed, no .whl needed).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}

@@ -6,8 +6,9 @@
 #
 #     run(command="bash gpu/recipe.sh", carry=[".whl", ".device"], timeout_s=590)
 #
-# Comes back: results.tgz (results/<name>/), the shipped model and its card, the logs. On a CPU, to try it:
-# OUT=/tmp/out TRAIN_SECONDS=60 MAX_EPOCHS=2 LIMIT=300 bash gpu/recipe.sh
+# gpu/carry.sh fills .whl and .device first. Comes back: results.tgz (results/<name>/), the shipped model and its
+# card, the logs. On a CPU, to try it:
+# OUT=/tmp/out TRAIN_SECONDS=60 MAX_EPOCHS=4 LIMIT=300 bash gpu/recipe.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 CONFIG=${CONFIG:-configs/improved-gpu.yaml}
