@@ -123,7 +123,7 @@ def announce(model, run_dir, setup, state, init_weights=None):
     print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
     print(f"precision {setup.precision} ({setup.why}), XLA {'on' if model.jit_compile else 'off'}, "
           f"distribution {setup.distribution.describe()}, batches formed on the {setup.feed}, "
-          f"{setup.steps_per_execution} steps a call")
+          f"{setup.steps_per_execution} batches a call into the compiled function")
     started_from = {}
     if init_weights and not state:
         started_from["init_weights"] = {"path": os.path.abspath(init_weights[0]),
