@@ -20,15 +20,14 @@ class Batches(keras.utils.PyDataset):
 
     Images stay uint8 until a batch is formed. With `shuffle`, epoch e visits the faces in the order of a
     permutation drawn from (seed, e) alone, so a resumed run sees the same batches (fit tells it e through
-    FollowEpochs). Where `multiple` devices split
-    each batch (JAX data parallelism), the last batch is cut to a multiple of them; `share` = (index, count) keeps
-    this process's part of each batch (multi-process JAX).
+    FollowEpochs). Where `multiple` devices split each batch (JAX data parallelism), the last batch is cut to a
+    multiple of them; `share` = (index, count) keeps this process's part of each batch (multi-process JAX).
 
     `on_device`: the faces go to the accelerator once, scaled as on the host (265 MB for FER2013's training
     set), and each batch is gathered and one-hot encoded there: only its row numbers cross from the host, and the
-    batches are the host's, bit for bit. `mixup` > 0: each batch is mixed with itself in another
-    order, images and labels alike, by a weight drawn from Beta(mixup, mixup) (Zhang et al., 2018), the order and
-    weight drawn from (seed, epoch, batch) alone.
+    batches are the host's, bit for bit. `mixup` > 0: each batch is mixed with itself in another order, images
+    and labels alike, by a weight drawn from Beta(mixup, mixup) (Zhang et al., 2018), the order and weight drawn
+    from (seed, epoch, batch) alone.
     """
 
     def __init__(self, faces, batch_size, shuffle=False, seed=None, multiple=1, epoch=0, share=(0, 1),
