@@ -139,8 +139,8 @@ def summarize(run_dir, history, notebook):
     if init_weights:
         summary["init_weights"] = init_weights
     if "seconds" in history.columns:
-        summary["hours"] = round(float(np.nansum(history["seconds"])) / 3600, 3)
-        summary["seconds"] = round(float(np.nansum(history["seconds"])), 1)  # the epochs' own, compile included
+        seconds = float(np.nansum(history["seconds"]))  # the epochs' own, compile included
+        summary["hours"], summary["seconds"] = round(seconds / 3600, 3), round(seconds, 1)
     for name, stem in (("final_weights", "metrics-last.json"), ("best_checkpoint", "metrics.json")):
         path = os.path.join(run_dir, stem)
         if os.path.exists(path):

@@ -188,8 +188,9 @@ def main(argv=None):
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot write {args.out}: cannot make the folder {folder} ({error.strerror})") from None
+    splits = {split: load_split(args.data, split) for split in ("PublicTest", "PrivateTest")} if args.data else {}
     if args.data:
-        images, where = load_split(args.data, "PublicTest").images, f"{args.data} PublicTest"
+        images, where = splits["PublicTest"].images, f"{args.data} PublicTest"
     else:
         images, where = make_synthetic(2000, seed=3).images, "2,000 synthetic faces"
     agreement, gap = ship(args.checkpoint, args.out, images)
@@ -198,8 +199,7 @@ def main(argv=None):
     own_scores = []
     if args.data:
         shipped = load_checkpoint(args.out)
-        for split in ("PublicTest", "PrivateTest"):
-            faces = load_split(args.data, split)
+        for split, faces in splits.items():
             accuracy = float(np.mean(predict_probabilities(shipped, faces.images).argmax(1) == faces.labels))
             own_scores.append((split, accuracy))
             print(f"{args.out} on {split}: accuracy {accuracy:.4f} (plain argmax)")

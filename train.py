@@ -163,9 +163,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     state = resume_lib.read_state(resume_dir) if resume_dir else None
     run_dir = (resume_dir or outputs.plan_run_dir(config, config_path)) if writer else None
     splits = feed.prepare_data(config)
-    setup = set_up(options, kind, state)
-    setup.steps_per_execution = feed.steps_per_call(options["steps_per_execution"], len(feed.Batches(
-        splits[0], options["batch_size"], multiple=backends.batch_multiple(), share=backends.process_share())))
+    setup = set_up(options, kind, state, splits[0])
     if not writer:
         run_dir = tempfile.mkdtemp(prefix="fer2013-worker-")
     elif not resume_dir:
@@ -196,9 +194,10 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     return finish(model, run_dir, kind, writer, setup.shuffle_seed)
 
 
-def set_up(options, kind, state):
+def set_up(options, kind, state, training_faces):
     """Seeds, precision, data parallelism and where batches are formed, for the run: a SimpleNamespace of
-    precision, why (the precision's reason), distribution, shuffle_seed and feed (host or device)."""
+    precision, why (the precision's reason), distribution, shuffle_seed, feed (host or device) and
+    steps_per_execution (the largest divisor, up to train.steps_per_execution, of an epoch's steps)."""
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
     precision, why = backends.choose_precision(options["precision"])
@@ -212,8 +211,11 @@ def set_up(options, kind, state):
         if (options[key] or 0) % backends.batch_multiple():
             raise UserError(f"train.{key} {options[key]} cannot be split evenly over {backends.batch_multiple()} "
                             "devices")
+    steps = len(feed.Batches(training_faces, options["batch_size"], multiple=backends.batch_multiple(),
+                             share=backends.process_share()))
     return types.SimpleNamespace(precision=precision, why=why, distribution=distribution, shuffle_seed=shuffle_seed,
-                                 feed=backends.choose_feed(options["feed"]))
+                                 feed=backends.choose_feed(options["feed"]),
+                                 steps_per_execution=feed.steps_per_call(options["steps_per_execution"], steps))
 
 
 def finish(model, run_dir, kind, writer, shuffle_seed):

@@ -16,14 +16,7 @@ SEEDS=${SEEDS:-"1 2 3"}
 BUDGET=${BUDGET:-480}        # seconds from the start: no seed starts after BUDGET - 150
 SETTINGS=${SETTINGS:-"--set train.steps_per_execution=8 --set train.validation_batch_size=1024"}
 start=$SECONDS
-mkdir -p "$OUT" /tmp/runs
-if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH=/tmp/site || exit 1
-fi
-export KERAS_BACKEND=${KERAS_BACKEND:-jax}
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-[ -s /tmp/fer2013.csv ] || python3 .device/make_fer2013.py csv /tmp/fer2013.csv || exit 1
+source gpu/prepare.sh
 published=()
 for seed in $SEEDS; do
     if [ ${#published[@]} -gt 0 ] && [ $((SECONDS - start)) -gt $((BUDGET - 150)) ]; then

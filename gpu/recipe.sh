@@ -17,14 +17,7 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-390}   # the main run's epochs, compile excluded
 MAX_EPOCHS=${MAX_EPOCHS:-300}
 LIMIT=${LIMIT:-null}
 EXTRA=${EXTRA:-}                      # more --set options, e.g. "--set train.mixup=0.2"
-mkdir -p "$OUT" /tmp/runs
-if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH=/tmp/site || exit 1
-fi
-export KERAS_BACKEND=${KERAS_BACKEND:-jax}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia-smi.txt" 2>&1
-[ -s /tmp/fer2013.csv ] || python3 .device/make_fer2013.py csv /tmp/fer2013.csv || exit 1
+source gpu/prepare.sh
 common=(--config "$CONFIG" --set data.path=/tmp/fer2013.csv --set data.limit=$LIMIT --set output.dir=/tmp/runs)
 # shellcheck disable=SC2086
 python3 train.py "${common[@]}" --set train.epochs=2 --set train.warmup_epochs=1 --set output.name=probe $EXTRA \
