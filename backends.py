@@ -137,12 +137,6 @@ def process_share():
     return 0, 1
 
 
-def prefetch_workers():
-    """Threads preparing batches ahead of training: on TensorFlow, Keras already prefetches a PyDataset
-    through tf.data (AUTOTUNE), elsewhere two threads keep a queue of ready batches."""
-    return 1 if backend() == "tensorflow" else 2
-
-
 def make_deterministic(seed):
     """Seed Python, NumPy and the backend, and ask for deterministic kernels where the backend offers them."""
     with native_stderr_held():  # on other backends it imports TensorFlow too, if installed, to seed it

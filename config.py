@@ -54,7 +54,7 @@ DEFAULTS = {
         "early_stopping": {"enabled": False, "monitor": "val_acc", "min_delta": 0.0, "patience": 6},
         "checkpoint": {"monitor": "val_loss", "save_best_only": True},
     },
-    "output": {"dir": "runs", "name": None, "tensorboard": False},
+    "output": {"dir": "runs", "name": None, "tensorboard": False, "state_seconds": 30},
     "predict": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "margin": 0.1, "video_detect_width": 320},
 }
 
@@ -68,6 +68,7 @@ TYPES = {
     "train.jit_compile": (bool, str),
     "train.cluster_timeout": (int, float),
     "output.name": (str, type(None)),
+    "output.state_seconds": (int, float),
     "predict.video_detect_width": (int, type(None)),
 }
 CHOICES = {
@@ -297,6 +298,7 @@ def check_other_values(config, require):
     require(config["data"]["cache_dir"] is None or config["data"]["cache_dir"].strip() != "", "data.cache_dir",
             "must be auto, a folder or null")
     require(config["output"]["dir"].strip() != "", "output.dir", "must not be empty")
+    require(config["output"]["state_seconds"] >= 0, "output.state_seconds", "must be >= 0 (0: after every epoch)")
     name = config["output"]["name"]
     require(name is None or (name.strip() not in ("", ".", "..") and "/" not in name and "\\" not in name),
             "output.name", "must be a plain folder name")

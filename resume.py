@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -117,25 +118,31 @@ CALLBACK_STATE = {
 
 
 class RunState(keras.callbacks.Callback):
-    """After every epoch: the weights (with the optimizer's and the loss scale's state) and state.json (epochs
+    """After an epoch: the weights (with the optimizer's and the loss scale's state) and state.json (epochs
     done, dropout's random state, the history so far, the other callbacks' counters), which --resume goes on from.
 
     Weights alternate between two files and state.json, renamed into place last, names the one it goes with,
-    so a kill at any instant leaves a consistent pair. history.csv is rewritten whole from the state each
-    epoch, so it never misses or repeats an epoch. Keras's BackupAndRestore keeps weights and the epoch only,
-    written in place; this keeps the rest too.
+    so a kill at any instant leaves a consistent pair. history.csv is rewritten whole each epoch; --resume
+    rewrites it from the state, so it never misses or repeats an epoch. Keras's BackupAndRestore keeps weights
+    and the epoch only, written in place; this keeps the rest too.
+
+    With `every` > 0 seconds, an epoch that ends sooner than that after the last write is held in memory instead
+    (a copy of the variables on the host), and written by `flush`: at the end of training, or when a signal or a
+    failure stops it. Only a kill that leaves no time to run (kill -9, a lost machine) loses those epochs.
     """
 
-    def __init__(self, run_dir, callbacks, state=None, shuffle_seed=None):
+    def __init__(self, run_dir, callbacks, state=None, shuffle_seed=None, every=0):
         super().__init__()
-        self.run_dir, self.callbacks, self.shuffle_seed = run_dir, callbacks, shuffle_seed
+        self.run_dir, self.callbacks, self.shuffle_seed, self.every = run_dir, callbacks, shuffle_seed, every
         self.state = state or {"epochs_done": 0, "history": [], "callbacks": {}, "training_over": False}
+        self.held, self.written = None, time.time()
 
     def on_train_begin(self, logs=None):
         # Runs after the other callbacks' on_train_begin, which reset their counters: put them back.
         for index, callback in enumerate(self.callbacks):
             for name, value in self.state["callbacks"].get(str(index), {}).items():
                 setattr(callback, name, value)
+        self.written = time.time()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.time()
@@ -143,8 +150,6 @@ class RunState(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = {**logs, "seconds": time.time() - self.epoch_started}
         weights = f"state-{(epoch + 1) % 2}.weights.h5"
-        with replaced_atomically(os.path.join(self.run_dir, weights)) as temporary:
-            self.model.save_weights(temporary)
         counters = {}
         for index, callback in enumerate(self.callbacks):
             names = next((names for kind, names in CALLBACK_STATE.items() if isinstance(callback, kind)), ())
@@ -154,7 +159,32 @@ class RunState(keras.callbacks.Callback):
                       "history": self.state["history"] + [{"epoch": epoch, **{k: _plain(v) for k, v in logs.items()}}],
                       "callbacks": counters, "training_over": bool(self.model.stop_training)}
         write_history(self.run_dir, self.state["history"])
+        if self.every and time.time() - self.written < self.every:
+            self.held = [keras.ops.convert_to_numpy(variable) for variable in self._variables()]
+        else:
+            self.held = None
+            self._write()
+
+    def on_train_end(self, logs=None):
+        self.flush()
+
+    def flush(self):
+        """Write the last complete epoch, if it was held in memory (training must be over: the model's
+        variables go back to that epoch's values)."""
+        if self.held is not None:
+            for variable, value in zip(self._variables(), self.held, strict=True):
+                variable.assign(value)
+            self.held = None
+            self._write()
+
+    def _variables(self):
+        return [*self.model.variables, *self.model.optimizer.variables]
+
+    def _write(self):
+        with replaced_atomically(os.path.join(self.run_dir, self.state["weights"])) as temporary:
+            self.model.save_weights(temporary)
         write_text(os.path.join(self.run_dir, STATE), json.dumps(self.state, indent=1))
+        self.written = time.time()
 
 
 def _seed_generator_states(model):
@@ -210,6 +240,16 @@ def epochs_done(callbacks, state):
     if run_state is not None:
         return run_state.state["epochs_done"]
     return state["epochs_done"] if state else 0
+
+
+def keep_last_epoch(callbacks):
+    """After a signal or a failure: the last complete epoch on disk, if RunState held it in memory."""
+    for callback in callbacks:
+        if isinstance(callback, RunState):
+            try:
+                callback.flush()
+            except Exception as error:  # the failure that stopped training comes first
+                print(f"could not write the last complete epoch: {error}", file=sys.stderr)
 
 
 def mark_finished(run_dir):

@@ -53,7 +53,9 @@ class SignalAt(keras.callbacks.Callback):
         signal_at(f"epoch {self.epoch} batch {batch + 1}")
 
 
-def make_callbacks(config, run_dir, state=None, shuffle_seed=None):
+def make_callbacks(config, run_dir, state=None, shuffle_seed=None, state_seconds=None):
+    """The schedule, EMA swap, checkpoint, early stopping, TensorBoard and RunState callbacks the config asks
+    for; RunState writes the resume state at most every `state_seconds` (default: output.state_seconds)."""
     options = config["callbacks"]
     reduce_lr, stopping, checkpoint = options["reduce_lr"], options["early_stopping"], options["checkpoint"]
     training = config["train"]
@@ -76,7 +78,9 @@ def make_callbacks(config, run_dir, state=None, shuffle_seed=None):
             patience=stopping["patience"], mode=monitor_mode(stopping["monitor"]), verbose=1))
     if config["output"]["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")))
-    callbacks.append(resume_lib.RunState(run_dir, list(callbacks), state, shuffle_seed))  # last: it saves what the others did
+    every = config["output"]["state_seconds"] if state_seconds is None else state_seconds
+    # Last: it saves what the others did.
+    callbacks.append(resume_lib.RunState(run_dir, list(callbacks), state, shuffle_seed, every))
     return callbacks
 
 
@@ -138,8 +142,10 @@ def fit(model, config, callbacks, splits, state, setup):
     first_epoch = state["epochs_done"] if state else 0
     if (state and state["training_over"]) or first_epoch >= options["epochs"]:
         return
-    batches = dict(multiple=backends.batch_multiple(), workers=backends.prefetch_workers(),
-                   share=backends.process_share(), on_device=setup.feed == "device")
+    # One worker: Keras's threaded enqueuer (workers > 1) starts an epoch's batches before the epoch's callbacks
+    # run, and the batch fit peeks at first leaves the rest in its queue, so the order would not be (seed, epoch)'s.
+    batches = dict(multiple=backends.batch_multiple(), share=backends.process_share(),
+                   on_device=setup.feed == "device")
     training = feed.Batches(splits[0], options["batch_size"], shuffle=options["shuffle"], seed=setup.shuffle_seed,
                             epoch=first_epoch, mixup=options["mixup"], **batches)
     validation = feed.Batches(splits[1], options["validation_batch_size"] or options["batch_size"], **batches)
@@ -177,7 +183,9 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
                 model = make_model(config, resume_dir or run_dir, state, init_weights, setup.steps_per_execution)
             write_text(os.path.join(run_dir, "config.yaml"), dump(config))
             announce(model, run_dir, setup, state, init_weights)
-            callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, setup.shuffle_seed)
+            # Every process of a multi-machine run writes its state after each epoch, as the others do.
+            callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, setup.shuffle_seed,
+                                                          0 if kind == "multi_worker" else None)
             if os.environ.get(TEST_SIGNAL):
                 callbacks.insert(0, SignalAt())
             fit(model, config, callbacks, splits, state, setup)
@@ -186,6 +194,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
             if evaluate_after and writer:
                 outputs.score(run_dir, model, splits[2], kind)
     except BaseException as stop:
+        resume_lib.keep_last_epoch(callbacks)
         if not writer:
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir = resume_dir or "the chief's run directory"
