@@ -8,6 +8,7 @@ import zipfile
 import data
 import keras2
 from common import UserError, native_stderr_held
+from model import let_jax_compile
 
 with native_stderr_held():
     import keras
@@ -40,7 +41,7 @@ def load_checkpoint(path, weights=None):
     else:
         raise UserError(f"{path}: not a model file (expected .keras, a Keras .h5/.hdf5/.hd5, or a model.json)")
     check_shapes(model, path)
-    return model
+    return let_jax_compile(model)
 
 
 def _keras_load(path):

@@ -38,7 +38,7 @@ DEFAULTS = {
         "label_smoothing": 0.0,
         "mixup": 0.0,
         "ema": 0.0,
-        "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0},
+        "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0, "erase": 0.0},
         "shuffle": True,
         "seed": None,
         "precision": "auto",
@@ -270,7 +270,7 @@ def check_training_values(config, require):
     require(config["train"]["steps_per_execution"] >= 1, "train.steps_per_execution", "must be >= 1")
     size = config["train"]["validation_batch_size"]
     require(size is None or size > 0, "train.validation_batch_size", "must be > 0, or null (train.batch_size)")
-    for key, most in (("shift", 0.5), ("rotation", 180), ("zoom", 0.5)):
+    for key, most in (("shift", 0.5), ("rotation", 180), ("zoom", 0.5), ("erase", 1)):
         require(0 <= config["train"]["augment"][key] <= most, f"train.augment.{key}", f"must be in [0, {most}]")
     crop = config["train"]["augment"]["crop"]
     require(crop == 0 or (24 <= crop < 48 and crop % 2 == 0), "train.augment.crop",

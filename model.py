@@ -49,7 +49,7 @@ def build_model(config=None):
     for units in options["dense"]:
         layers += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(rate)]
     layers.append(keras.layers.Dense(CLASSES, activation="softmax", dtype="float32"))  # float32 under mixed precision
-    return keras.Sequential(layers, name="fer2013_cnn")
+    return let_jax_compile(keras.Sequential(layers, name="fer2013_cnn"))
 
 
 def augmentation(options):
@@ -73,11 +73,29 @@ def augmentation(options):
         layers += [keras.layers.RandomTranslation(margin, margin, fill_mode="nearest", interpolation="nearest",
                                                   dtype="float32"),
                    keras.layers.CenterCrop(options["crop"], options["crop"], dtype="float32")]
+    if options.get("erase"):
+        # Random erasing (Zhong et al., 2020), last, on the face as the network sees it: with this probability a
+        # box of 2-33% of its area turns mid-grey. Keras draws the probability from `factor` as a range, so
+        # (p, p) pins it; its default fill is clipped noise.
+        layers.append(keras.layers.RandomErasing(factor=(options["erase"], options["erase"]), value_range=(0, 1),
+                                                 fill_value=0.5, dtype="float32"))
     return layers
 
 
 AUGMENTATION_LAYERS = (keras.layers.RandomFlip, keras.layers.RandomTranslation, keras.layers.RandomRotation,
-                       keras.layers.RandomZoom)  # the layers augmentation() adds that change faces while training
+                       keras.layers.RandomZoom, keras.layers.RandomErasing)  # the layers augmentation() adds that change faces while training
+
+
+def let_jax_compile(model):
+    """`model`, its affine augmentation layers marked as compiling on JAX. Keras's RandomTranslation,
+    RandomRotation and RandomZoom say they do not (TensorFlow's image transform kernel has no XLA version), and one
+    such layer turns XLA off for the whole model, `jit_compile: true` included: on JAX every op of every step then
+    runs on its own. JAX's own affine transform compiles."""
+    if keras.backend.backend() == "jax":
+        for layer in model.layers:
+            if isinstance(layer, (keras.layers.RandomTranslation, keras.layers.RandomRotation, keras.layers.RandomZoom)):
+                layer.supports_jit = True
+    return model
 
 
 def main(argv=None):

@@ -166,7 +166,8 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_one_device(tmp_path, synth
 @pytest.mark.slow
 def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
     """On JAX with no TensorFlow installed, as on a GPU machine with jax[cuda12] and keras alone (the faithful run's
-    machine): an `import tensorflow` that fails, first on the path, stands in for the missing package."""
+    machine): an `import tensorflow` that fails, first on the path, stands in for the missing package. With every
+    augmentation layer, and XLA still on (model.let_jax_compile)."""
     pytest.importorskip("jax")
     (tmp_path / "no-tf" / "tensorflow").mkdir(parents=True)
     (tmp_path / "no-tf" / "tensorflow" / "__init__.py").write_text('raise ImportError("No module named tensorflow")')
@@ -175,9 +176,11 @@ def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
     result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
                         "--set", "data.limit=600", "--set", "train.epochs=2", "--set", "train.precision=float32",
                         "--set", "model.filters=[4, 8]", "--set", "model.dense=[16]",  # little for XLA to compile
+                        *[part for setting in ("flip=true", "shift=0.05", "rotation=10", "zoom=0.1", "crop=44", "erase=0.25")
+                          for part in ("--set", f"train.augment.{setting}")],
                         "--set", f"output.dir={tmp_path}", "--set", "output.name=jax", env=jax)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "backend jax" in result.stdout
+    assert "backend jax" in result.stdout and "XLA on" in result.stdout
     run_dir = tmp_path / "jax"
     history = pd.read_csv(run_dir / "history.csv")
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]  # it learns

@@ -138,6 +138,32 @@ def test_a_crop_is_random_in_training_and_central_at_inference():
     assert any(not np.array_equal(out, images[:, 2:46, 2:46]) for out in training)
 
 
+def test_random_erasing_greys_one_box_with_the_configured_probability():
+    """erase=1 greys every face in training (Keras's default factor would draw the probability from [0, 1]),
+    erase=0.5 about half, and at inference none."""
+    keras.utils.set_random_seed(0)
+    images = np.random.default_rng(5).random((200, 48, 48, 1)).astype(np.float32) * 0.4  # never 0.5
+    for probability in (1.0, 0.5):
+        augment = {**DEFAULTS["train"]["augment"], "crop": 44, "erase": probability}
+        network = model_lib.build_model(small_config(augment=augment))
+        erasing = network.layers[2]
+        assert isinstance(erasing, keras.layers.RandomErasing) and isinstance(network.layers[1], keras.layers.CenterCrop)
+        crops = images[:, 2:46, 2:46]
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(erasing(crops, training=False)), crops)
+        out = keras.ops.convert_to_numpy(erasing(crops, training=True))
+        grey = out == 0.5
+        assert np.array_equal(out[~grey], crops[~grey])  # only the box changed
+        erased = [face for face in range(len(images)) if grey[face].any()]
+        for face in erased:  # one box, 2-33% of the face
+            rows, columns = np.flatnonzero(grey[face].any(axis=(1, 2))), np.flatnonzero(grey[face].any(axis=(0, 2)))
+            assert grey[face].sum() == len(rows) * len(columns) and 0.01 <= grey[face].mean() <= 0.36
+            assert np.ptp(rows) + 1 == len(rows) and np.ptp(columns) + 1 == len(columns)
+        if probability == 1.0:
+            assert len(erased) == len(images)
+        else:
+            assert 60 <= len(erased) <= 140
+
+
 def test_tencrop_tta_averages_the_centre_and_corner_crops_and_their_mirrors():
     config = small_config(augment={"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 44})
     network = model_lib.build_model(config)
@@ -158,7 +184,8 @@ def test_tencrop_tta_averages_the_centre_and_corner_crops_and_their_mirrors():
 def test_the_improved_config_and_its_bad_values():
     config = load_config(ROOT / "configs/improved.yaml")
     assert config["data"]["protocol"] == "standard" and config["train"]["schedule"] == "cosine"
-    assert config["train"]["augment"] == {"flip": True, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 44}
+    assert config["train"]["augment"] == {"flip": True, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 44,
+                                         "erase": 0.0}
     model = model_lib.build_model(config)
     assert model.count_params() == 2_247_975  # the notebook's network at half its width
     assert model.output_shape == (None, 7) and any(isinstance(layer, keras.layers.CenterCrop) for layer in model.layers)
