@@ -33,6 +33,7 @@ DEFAULTS = {
         "batch_size": 64,
         "learning_rate": 0.001,
         "optimizer": "adam",
+        "weight_decay": None,
         "schedule": "plateau",
         "warmup_epochs": 0,
         "label_smoothing": 0.0,
@@ -45,6 +46,7 @@ DEFAULTS = {
         "jit_compile": "auto",
         "feed": "auto",
         "steps_per_execution": 1,
+        "scan_steps": 1,
         "validation_batch_size": None,
         "distribute": "auto",
         "cluster_timeout": 300,
@@ -67,6 +69,7 @@ TYPES = {
     "train.validation_batch_size": (int, type(None)),
     "train.jit_compile": (bool, str),
     "train.cluster_timeout": (int, float),
+    "train.weight_decay": (int, float, type(None)),
     "output.name": (str, type(None)),
     "output.state_seconds": (int, float),
     "predict.video_detect_width": (int, type(None)),
@@ -268,6 +271,9 @@ def check_training_values(config, require):
     require(config["train"]["mixup"] >= 0, "train.mixup", "must be >= 0 (0: off; else Beta(mixup, mixup))")
     require(0 <= config["train"]["ema"] < 1, "train.ema", "must be in [0, 1) (0: off; else the average's momentum)")
     require(config["train"]["steps_per_execution"] >= 1, "train.steps_per_execution", "must be >= 1")
+    require(config["train"]["scan_steps"] >= 1, "train.scan_steps", "must be >= 1 (1: off)")
+    decay = config["train"]["weight_decay"]
+    require(decay is None or decay >= 0, "train.weight_decay", "must be >= 0, or null (the optimizer's default)")
     size = config["train"]["validation_batch_size"]
     require(size is None or size > 0, "train.validation_batch_size", "must be > 0, or null (train.batch_size)")
     for key, most in (("shift", 0.5), ("rotation", 180), ("zoom", 0.5), ("erase", 1)):

@@ -140,7 +140,7 @@ def environment(setup, model):
             "precision": setup.precision, "precision_reason": setup.why, "jit_compile": bool(model.jit_compile),
             "batch_norm": "fused kernel" if backends.uses_fused_batch_norm(model) else "Keras's own layer",
             "distribution": setup.distribution.describe(), "feed": setup.feed,
-            "steps_per_execution": setup.steps_per_execution,
+            "steps_per_execution": setup.steps_per_execution, "batches_scanned_a_call": setup.group,
             "environment_variables": {name: os.environ[name] for name in RECORDED_VARIABLES if name in os.environ}}
 
 

@@ -99,6 +99,8 @@ def compile_model(model, config, fused_batch_norm=True, steps_per_execution=1):
     options = config["train"]
     settings = dict(learning_rate=options["learning_rate"], use_ema=options["ema"] > 0,
                     ema_momentum=options["ema"] or 0.99)
+    if options["weight_decay"] is not None:
+        settings["weight_decay"] = options["weight_decay"]
     if options["optimizer"] == "sgd":
         optimizer = keras.optimizers.SGD(momentum=0.9, nesterov=True, **settings)
     else:
@@ -127,7 +129,8 @@ def announce(model, run_dir, setup, state, init_weights=None):
     print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
     print(f"precision {setup.precision} ({setup.why}), XLA {'on' if model.jit_compile else 'off'}, "
           f"distribution {setup.distribution.describe()}, batches formed on the {setup.feed}, "
-          f"{setup.steps_per_execution} batches a call into the compiled function")
+          f"{max(setup.group, setup.steps_per_execution)} batches a call into the compiled function"
+          f"{' (scanned on the device)' if setup.group > 1 else ''}")
     started_from = {}
     if init_weights and not state:
         started_from["init_weights"] = {"path": os.path.abspath(init_weights[0]),
@@ -147,7 +150,9 @@ def fit(model, config, callbacks, splits, state, setup):
     batches = dict(multiple=backends.batch_multiple(), share=backends.process_share(),
                    on_device=setup.feed == "device")
     training = feed.Batches(splits[0], options["batch_size"], shuffle=options["shuffle"], seed=setup.shuffle_seed,
-                            epoch=first_epoch, mixup=options["mixup"], **batches)
+                            epoch=first_epoch, mixup=options["mixup"], group=setup.group, **batches)
+    if setup.group > 1:
+        feed.scan_steps(model, options["batch_size"])
     validation = feed.Batches(splits[1], options["validation_batch_size"] or options["batch_size"], **batches)
     model.fit(training, validation_data=validation, epochs=options["epochs"], initial_epoch=first_epoch,
               callbacks=[feed.FollowEpochs(training), *callbacks], shuffle=False,
@@ -206,7 +211,9 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
 def set_up(options, kind, state, training_faces):
     """Seeds, precision, data parallelism and where batches are formed, for the run: a SimpleNamespace of
     precision, why (the precision's reason), distribution, shuffle_seed, feed (host or device) and
-    steps_per_execution (the largest divisor, up to train.steps_per_execution, of an epoch's steps)."""
+    group (train.scan_steps: batches an item, which one compiled call trains through, feed.scan_steps) and
+    steps_per_execution (Keras's: 1 with a group, else the largest divisor, up to train.steps_per_execution, of
+    an epoch's steps)."""
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
     precision, why = backends.choose_precision(options["precision"])
@@ -222,9 +229,14 @@ def set_up(options, kind, state, training_faces):
                             "devices")
     steps = len(feed.Batches(training_faces, options["batch_size"], multiple=backends.batch_multiple(),
                              share=backends.process_share()))
+    where, group = backends.choose_feed(options["feed"]), options["scan_steps"]
+    if group > 1 and not (where == "device" and backends.backend() == "jax" and kind == "none"):
+        raise UserError("train.scan_steps > 1 needs the jax backend (KERAS_BACKEND=jax), train.feed device (auto "
+                        "with a GPU) and one device")
     return types.SimpleNamespace(precision=precision, why=why, distribution=distribution, shuffle_seed=shuffle_seed,
-                                 feed=backends.choose_feed(options["feed"]),
-                                 steps_per_execution=feed.steps_per_call(options["steps_per_execution"], steps))
+                                 feed=where, group=group,
+                                 steps_per_execution=1 if group > 1 else feed.steps_per_call(
+                                     options["steps_per_execution"], steps))
 
 
 def finish(model, run_dir, kind, writer, shuffle_seed):

@@ -128,6 +128,18 @@ def test_batches_on_the_device_are_the_host_s_batches_and_mixup_mixes_pairs():
         backends.choose_feed("device")
 
 
+def test_grouped_batches_hold_consecutive_batches_of_one_size():
+    """train.scan_steps: an item is `group` batches one after the other where that many of one size remain, else
+    one batch; each batch as Batches forms it alone, mixup included."""
+    faces = synthetic.make_synthetic(21, seed=0)  # 21 = 5 x 4 + 1
+    single = feed.Batches(faces, 4, shuffle=True, seed=3, epoch=1, mixup=0.4)
+    grouped = feed.Batches(faces, 4, shuffle=True, seed=3, epoch=1, mixup=0.4, group=2)
+    assert grouped.items == [(0, 2), (2, 2), (4, 1), (5, 1)] and len(grouped) == 4 and len(single) == 6
+    for item, (first, count) in enumerate(grouped.items):
+        for got, parts in zip(grouped[item], zip(*(single[batch] for batch in range(first, first + count)))):
+            np.testing.assert_array_equal(got, np.concatenate(parts))
+
+
 TWO_CPUS = """
 import sys
 import tensorflow as tf
@@ -203,12 +215,14 @@ def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
     """train.feed=device, steps_per_execution and large validation batches: the same batches in the same order,
     so the same training, step for step (the demo on JAX's CPU). 90 steps an epoch: at most 4 steps a call is 3
     (feed.steps_per_call; 4 itself, whose last call is partial, trains otherwise from the third epoch on in Keras
-    3.15); and Keras ends each epoch more than once, so Batches takes its epoch from fit (feed.FollowEpochs)."""
+    3.15); and Keras ends each epoch more than once, so Batches takes its epoch from fit (feed.FollowEpochs).
+    train.scan_steps trains the same batches, several in one call."""
     pytest.importorskip("jax")
     histories, scores = {}, {}
     for name, settings in (("plain", ["train.feed=host"]),
                            ("fast", ["train.feed=device", "train.steps_per_execution=4",
-                                     "train.validation_batch_size=200"])):
+                                     "train.validation_batch_size=200"]),
+                           ("scanned", ["train.feed=device", "train.scan_steps=4", "train.epochs=2"])):
         result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
                             "--set", "train.seed=0", "--set", "train.precision=float32", "--set", "train.epochs=4",
                             *[part for setting in settings for part in ("--set", setting)],
@@ -221,6 +235,14 @@ def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
     for column in ("loss", "accuracy"):
         assert histories["fast"][column].tolist() == histories["plain"][column].tolist(), column
     assert scores["plain"] > 0.8 and abs(scores["fast"] - scores["plain"]) <= 0.005, scores
+    # train.scan_steps=4: 22 calls of 4 steps and 2 of one step an epoch, unrolled, computing as one step a call.
+    environment = json.loads((tmp_path / "scanned" / "environment.json").read_text())
+    assert environment["batches_scanned_a_call"] == 4 and environment["steps_per_execution"] == 1
+    for column in ("loss", "accuracy"):
+        np.testing.assert_allclose(histories["scanned"][column], histories["plain"][column][:2], rtol=1e-4)
+    wrong = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
+                       "--set", "train.scan_steps=4", "--set", "train.feed=host", env={"KERAS_BACKEND": "jax"})
+    assert_user_error(wrong, "train.scan_steps > 1 needs", "train.feed device")
 
 
 @pytest.mark.slow

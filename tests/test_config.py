@@ -17,11 +17,12 @@ def test_config_yaml_spells_out_every_default_with_a_comment():
 def test_the_notebooks_values():
     config = load_config(ROOT / "config.yaml")
     assert config["train"] == {"epochs": 100, "batch_size": 64, "learning_rate": 0.001, "optimizer": "adam",
+                               "weight_decay": None,
                                "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0, "mixup": 0.0, "ema": 0.0,
                                "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0,
                                            "erase": 0.0},
                                "shuffle": True, "seed": None, "precision": "auto", "jit_compile": "auto",
-                               "feed": "auto", "steps_per_execution": 1, "validation_batch_size": None,
+                               "feed": "auto", "steps_per_execution": 1, "scan_steps": 1, "validation_batch_size": None,
                                "distribute": "auto", "cluster_timeout": 300}
     assert config["data"]["protocol"] == "notebook" and config["data"]["validation_split"] == 0.2
     assert config["model"]["l2"] == 0.01 and config["model"]["dropout"] == 0.5

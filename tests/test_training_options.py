@@ -54,6 +54,16 @@ def test_augmentation_acts_in_training_and_changes_nothing_at_inference():
     assert keras2.compare_with_model_py(augmented).startswith("model.py's layer stack with model.filters=[4, 8]")
 
 
+def test_weight_decay_is_the_optimizers_default_unless_set():
+    for optimizer, setting, expected in (("adamw", None, 0.004), ("sgd", None, None), ("sgd", 5e-4, 5e-4),
+                                         ("adam", 0.01, 0.01)):
+        config = small_config(optimizer=optimizer, weight_decay=setting)
+        compiled = train.compile_model(model_lib.build_model(config), config)
+        decay = compiled.optimizer.weight_decay
+        assert decay is None if expected is None else decay == pytest.approx(expected)
+        assert type(compiled.optimizer).__name__ == {"adamw": "AdamW", "sgd": "SGD", "adam": "Adam"}[optimizer]
+
+
 def test_cosine_schedule_warms_up_then_decays():
     rates = [train.cosine_learning_rate(epoch, 1e-3, 10, warmup_epochs=2) for epoch in range(10)]
     assert rates[0] == pytest.approx(5e-4) and rates[1] == pytest.approx(1e-3)
