@@ -82,8 +82,9 @@ def augmentation(options):
     return layers
 
 
-AUGMENTATION_LAYERS = (keras.layers.RandomFlip, keras.layers.RandomTranslation, keras.layers.RandomRotation,
-                       keras.layers.RandomZoom, keras.layers.RandomErasing)  # the layers augmentation() adds that change faces while training
+AFFINE_LAYERS = (keras.layers.RandomTranslation, keras.layers.RandomRotation, keras.layers.RandomZoom)
+# The layers augmentation() adds that change faces while training.
+AUGMENTATION_LAYERS = (keras.layers.RandomFlip, *AFFINE_LAYERS, keras.layers.RandomErasing)
 
 
 def let_jax_compile(model):
@@ -93,7 +94,7 @@ def let_jax_compile(model):
     runs on its own. JAX's own affine transform compiles."""
     if keras.backend.backend() == "jax":
         for layer in model.layers:
-            if isinstance(layer, (keras.layers.RandomTranslation, keras.layers.RandomRotation, keras.layers.RandomZoom)):
+            if isinstance(layer, AFFINE_LAYERS):
                 layer.supports_jit = True
     return model
 

@@ -227,8 +227,8 @@ def set_up(options, kind, state, training_faces):
         if (options[key] or 0) % backends.batch_multiple():
             raise UserError(f"train.{key} {options[key]} cannot be split evenly over {backends.batch_multiple()} "
                             "devices")
-    steps = len(feed.Batches(training_faces, options["batch_size"], multiple=backends.batch_multiple(),
-                             share=backends.process_share()))
+    steps = feed.Batches(training_faces, options["batch_size"], multiple=backends.batch_multiple(),
+                         share=backends.process_share()).batch_count()
     where, group = backends.choose_feed(options["feed"]), options["scan_steps"]
     if group > 1 and not (where == "device" and backends.backend() == "jax" and kind == "none"):
         raise UserError("train.scan_steps > 1 needs the jax backend (KERAS_BACKEND=jax), train.feed device (auto "

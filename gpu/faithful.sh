@@ -30,10 +30,11 @@ if [ ${#ways[@]} -gt 1 ]; then
         python3 train.py --config config.yaml --set data.path=/tmp/fer2013.csv --set data.limit=$LIMIT \
             --set train.epochs=2 --set train.seed=1 $SETTINGS ${ways[$i]} --set output.dir=/tmp/runs \
             --set output.name=way$i --no-evaluate > "/tmp/runs/way$i.log" 2>&1 || { tail -3 "/tmp/runs/way$i.log"; continue; }
-        projected=$(python3 -c "import pandas as pd; s = pd.read_csv('/tmp/runs/way$i/history.csv')['seconds']
-print(round(s.iloc[0] + ($EPOCHS - 1) * s.iloc[1], 1))")
-        echo "way $i (${ways[$i]}): epochs 1-2 $(python3 -c "import pandas as pd; print(pd.read_csv('/tmp/runs/way$i/history.csv')['seconds'].round(2).tolist())") s, $EPOCHS epochs projected $projected s" | tee -a "$OUT/ways.txt"
-        if [ -z "$least" ] || python3 -c "import sys; sys.exit(not $projected < $least)"; then least=$projected; best=${ways[$i]}; fi
+        line=$(python3 -c "import pandas as pd; s = pd.read_csv('/tmp/runs/way$i/history.csv')['seconds']
+print(round(s.iloc[0] + ($EPOCHS - 1) * s.iloc[1], 1), s.round(2).tolist())")
+        projected=${line%% *}
+        echo "way $i (${ways[$i]}): epochs 1-2 ${line#* } s, $EPOCHS epochs projected $projected s" | tee -a "$OUT/ways.txt"
+        if [ -z "$least" ] || awk "BEGIN { exit !($projected < $least) }"; then least=$projected; best=${ways[$i]}; fi
     done
 fi
 echo "training the seeds with: $best $SETTINGS" | tee -a "$OUT/ways.txt"

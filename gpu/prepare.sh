@@ -1,5 +1,6 @@
-# Sourced by gpu/faithful.sh and gpu/recipe.sh, from the repository's root: Keras from the carried wheels (where
-# it is missing), the JAX backend, what the GPU is (OUT/nvidia-smi.txt), and FER2013 as /tmp/fer2013.csv.
+# Sourced by gpu/faithful.sh, gpu/ingredients.sh and gpu/recipe.sh, from the repository's root: Keras from the
+# carried wheels (where it is missing), the JAX backend, what the GPU is (OUT/nvidia-smi.txt), and FER2013 as
+# /tmp/fer2013.csv.
 mkdir -p "$OUT" /tmp/runs
 if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
