@@ -75,7 +75,7 @@ TYPES = {
     "predict.video_detect_width": (int, type(None)),
 }
 CHOICES = {
-    "data.protocol": ("notebook", "standard"),
+    "data.protocol": ("notebook", "standard", "retrain"),
     "train.optimizer": ("adam", "adamw", "sgd", "rmsprop"),
     "train.schedule": ("plateau", "cosine"),
     "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
@@ -292,6 +292,16 @@ def check_other_values(config, require):
         key = f"callbacks.{name}.patience"
         require(get_key(config, key) >= 0, key, "must be >= 0")
     require(0 < config["callbacks"]["reduce_lr"]["factor"] < 1, "callbacks.reduce_lr.factor", "must be between 0 and 1")
+    if config["data"]["protocol"] == "retrain":  # no validation faces: no callback in use may watch them
+        in_use = {"checkpoint": config["callbacks"]["checkpoint"]["save_best_only"],
+                  "reduce_lr": config["train"]["schedule"] == "plateau",
+                  "early_stopping": config["callbacks"]["early_stopping"]["enabled"]}
+        watching = [f"callbacks.{name}.monitor" for name, used in in_use.items()
+                    if used and monitor_name(config["callbacks"][name]["monitor"]).startswith("val_")]
+        if watching:
+            raise UserError(f"config: data.protocol retrain has no validation faces, so {' and '.join(watching)} "
+                            "cannot watch them: set loss or accuracy (or callbacks.checkpoint.save_best_only false, "
+                            "which keeps the last epoch)")
     require(config["callbacks"]["early_stopping"]["min_delta"] >= 0, "callbacks.early_stopping.min_delta", "must be >= 0")
     require(config["predict"]["scale_factor"] > 1, "predict.scale_factor", "must be > 1")
     require(config["predict"]["min_neighbors"] >= 0, "predict.min_neighbors", "must be >= 0")

@@ -186,6 +186,9 @@ def split(faces, protocol="notebook", validation_split=0.2, path="data"):
     notebook: the notebook's split. Training+PublicTest in file order, the LAST `validation_split` of it held out
               (what Keras's fit(validation_split=...) does, before shuffling); test is PrivateTest.
     standard: Training / PublicTest / PrivateTest as train / validation / test.
+    retrain:  Training+PublicTest to train on, no validation, PrivateTest to test: the standard recipe's last run,
+              once its choices are made, on every face but the test ones (so nothing is left to choose a
+              checkpoint on).
     """
     test = faces.select(faces.usage == PRIVATE_TEST)
     if len(test) == 0:
@@ -205,6 +208,11 @@ def split(faces, protocol="notebook", validation_split=0.2, path="data"):
         if len(train) == 0:
             raise UserError(f"{path}: no Training rows")
         return train, validation, test
+    if protocol == "retrain":
+        train = faces.select(faces.usage != PRIVATE_TEST)
+        if len(train) == 0:
+            raise UserError(f"{path}: no Training or PublicTest rows")
+        return train, faces.select(np.zeros(len(faces), bool)), test
     raise ValueError(f"unknown protocol {protocol!r}")
 
 

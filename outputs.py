@@ -58,7 +58,7 @@ def create_run_dir(run_dir):
 
 
 def plot_curves(history_csv, path):
-    """Loss and accuracy per epoch, train vs. validation."""
+    """Loss and accuracy per epoch, train vs. validation (where the run had any)."""
     plt = pyplot()
     import pandas as pd
 
@@ -67,7 +67,8 @@ def plot_curves(history_csv, path):
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, history[metric], label="train")
-        ax.plot(epochs, history[f"val_{metric}"], label="validation")
+        if f"val_{metric}" in history:
+            ax.plot(epochs, history[f"val_{metric}"], label="validation")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)

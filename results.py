@@ -122,20 +122,25 @@ def summarize(run_dir, history, notebook):
 
     epochs = load_config(os.path.join(run_dir, "config.yaml"))["train"]["epochs"]
     init_weights = started_from(run_dir)
-    best = int(history["val_accuracy"].idxmax())
     summary = {
         "run": os.path.basename(os.path.normpath(run_dir)),
         "finished": finished(run_dir),
         "epochs_done": len(history), "epochs": epochs,
-        "best_val_accuracy": round(float(history["val_accuracy"][best]), 4), "best_val_accuracy_epoch": best + 1,
-        "lowest_val_loss_epoch": int(history["val_loss"].idxmin()) + 1,
-        # A run that starts from trained weights (--init-weights) never calls every face the majority class.
-        "plateau_epochs": 0 if init_weights else plateau_epochs(history),
-        "val_accuracy_at": {str(e): round(float(history["val_accuracy"][e - 1]), 4) for e in MILESTONES
-                            if e <= len(history)},
-        "notebook_as_written_stops_after_epoch": early_stopping_epoch(history),
+        # data.protocol retrain holds no faces out: its history has no validation columns, and these stay null.
+        "best_val_accuracy": None, "best_val_accuracy_epoch": None, "lowest_val_loss_epoch": None,
+        "plateau_epochs": None, "val_accuracy_at": {}, "notebook_as_written_stops_after_epoch": None,
         "parts": parts(run_dir, history),
     }
+    if "val_accuracy" in history:
+        best = int(history["val_accuracy"].idxmax())
+        summary.update({
+            "best_val_accuracy": round(float(history["val_accuracy"][best]), 4), "best_val_accuracy_epoch": best + 1,
+            "lowest_val_loss_epoch": int(history["val_loss"].idxmin()) + 1,
+            # A run that starts from trained weights (--init-weights) never calls every face the majority class.
+            "plateau_epochs": 0 if init_weights else plateau_epochs(history),
+            "val_accuracy_at": {str(e): round(float(history["val_accuracy"][e - 1]), 4) for e in MILESTONES
+                                if e <= len(history)},
+            "notebook_as_written_stops_after_epoch": early_stopping_epoch(history)})
     if init_weights:
         summary["init_weights"] = init_weights
     if "seconds" in history.columns:
@@ -155,6 +160,13 @@ def summarize(run_dir, history, notebook):
     return summary
 
 
+def validation_phrase(summary):
+    """The summary's best validation accuracy and its epoch, in words."""
+    if summary["best_val_accuracy"] is None:
+        return "no validation faces (data.protocol retrain)"
+    return f"best validation accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_val_accuracy_epoch']})"
+
+
 def plot_against_notebook(history, notebook, summary, path):
     """Validation (and training) accuracy and loss per epoch, this run over the published one."""
     plt = pyplot()
@@ -163,10 +175,13 @@ def plot_against_notebook(history, notebook, summary, path):
     runs = [("this run", history, "tab:blue")] + ([("notebook (published)", notebook, "tab:orange")]
                                                   if notebook is not None else [])
     for label, table, colour in runs:
+        faint = dict(alpha=0.35, lw=1) if "val_accuracy" in table else {}  # the training curve, unless it is alone
+        accuracy.plot(table["epoch"], table["accuracy"], color=colour, label=f"{label}: training", **faint)
+        loss.plot(table["epoch"], table["loss"], color=colour, label=f"{label}: training", **faint)
+        if "val_accuracy" not in table:  # data.protocol retrain: no validation curve
+            continue
         accuracy.plot(table["epoch"], table["val_accuracy"], color=colour, label=f"{label}: validation")
-        accuracy.plot(table["epoch"], table["accuracy"], color=colour, alpha=0.35, lw=1, label=f"{label}: training")
         loss.plot(table["epoch"], table["val_loss"], color=colour, label=f"{label}: validation")
-        loss.plot(table["epoch"], table["loss"], color=colour, alpha=0.35, lw=1, label=f"{label}: training")
         plateau = summary["plateau_epochs"] if table is history else plateau_epochs(table)
         if plateau:
             accuracy.axvspan(0.5, plateau + 0.5, color=colour, alpha=0.08)
@@ -177,7 +192,7 @@ def plot_against_notebook(history, notebook, summary, path):
             if epoch <= len(table):
                 value = float(table["val_accuracy"].iloc[epoch - 1])
                 others = [float(other["val_accuracy"].iloc[epoch - 1]) for _, other, _ in runs
-                          if other is not table and epoch <= len(other)]
+                          if other is not table and epoch <= len(other) and "val_accuracy" in other]
                 above = all(value >= other for other in others)  # the higher curve's label above, the other's below
                 accuracy.plot([epoch], [value], "o", color=colour, ms=4)
                 accuracy.annotate(f"{value:.3f}", (epoch, value), xytext=(-10, 8 if above else -14),
@@ -322,6 +337,7 @@ def table_row(folder):
     status = ("finished" if summary["finished"]
               else f"unfinished: {summary['epochs_done']} of {summary['epochs']} epochs")
     return (f"{config}, `results/{summary['run']}/`", scores, tencrop if tencrop != "- / -" else "-",
+            "-" if summary["best_val_accuracy"] is None else
             f"{summary['best_val_accuracy']:.4f} ({summary['best_val_accuracy_epoch']})", f"{summary['hours']:.2f}",
             machine, commits, status)
 
@@ -356,10 +372,10 @@ def main(argv=None):
     out_dir = args.out or os.path.join(HERE, "results", os.path.basename(os.path.normpath(args.run)))
     summary = publish(args.run, out_dir, args.notebook_log)
     state = "finished" if summary["finished"] else "UNFINISHED"
-    print(f"{summary['run']}: {state}, {summary['epochs_done']} of {summary['epochs']} epochs; best validation "
-          f"accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_val_accuracy_epoch']}); plateau "
-          f"{summary['plateau_epochs']} epochs; notebook-as-written would stop after epoch "
-          f"{summary['notebook_as_written_stops_after_epoch']}")
+    print(f"{summary['run']}: {state}, {summary['epochs_done']} of {summary['epochs']} epochs; "
+          + validation_phrase(summary) + ("" if summary["best_val_accuracy"] is None else
+                                          f"; plateau {summary['plateau_epochs']} epochs; notebook-as-written would "
+                                          f"stop after epoch {summary['notebook_as_written_stops_after_epoch']}"))
     for key in ("final_weights_PrivateTest_accuracy", "best_checkpoint_PrivateTest_accuracy"):
         if key in summary:
             print(f"{key}: {summary[key]:.4f}")

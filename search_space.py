@@ -52,6 +52,9 @@ def load_search(path, base_config, **overrides):
     if search["objective"] not in MONITORS:
         raise UserError(f"{path}: 'objective' must be one of {', '.join(MONITORS)}, got {search['objective']!r}")
     search["objective"] = monitor_name(search["objective"])
+    if base_config["data"]["protocol"] == "retrain" and search["objective"].startswith("val_"):
+        raise UserError(f"{path}: objective {search['objective']} needs validation faces, which data.protocol "
+                        "retrain has none of")
     if search["direction"] is None:
         search["direction"] = monitor_mode(search["objective"])
     if search["direction"] not in ("min", "max"):

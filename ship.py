@@ -102,7 +102,7 @@ def _started_from(init_weights):
     if all(os.path.isfile(os.path.join(run_dir, part)) for part in RUN_FILES):
         summary = results.summarize(run_dir, results.read_history(os.path.join(run_dir, "history.csv")), None)
         earlier = (f"run `{summary['run']}` ({summary['epochs_done']} epochs, {summary.get('hours', '?')} hours, "
-                   f"best validation accuracy {summary['best_val_accuracy']})")
+                   f"{results.validation_phrase(summary)})")
     return (f" Its weights started from {path} (`train.py --init-weights`), the end of {earlier}, not from a random "
             "initialisation: the hours below are this run's only.")
 
@@ -141,8 +141,7 @@ def how_it_was_made(run_dir):
                and not key.startswith(("data.path", "data.cache_dir", "output."))]
     lines = ["## How it was made", "",
              f"Run `{summary['run']}`: {summary['epochs_done']} of {summary['epochs']} epochs, "
-             f"{summary.get('hours', '?')} hours of training; best validation accuracy "
-             f"{summary['best_val_accuracy']} (epoch {summary['best_val_accuracy_epoch']}). Its config is "
+             f"{summary.get('hours', '?')} hours of training; {results.validation_phrase(summary)}. Its config is "
              f"config.yaml's defaults with {', '.join(changed) or 'nothing changed'}."
              + _started_from(summary.get("init_weights")), "",
              "| part | started | commit | CPU | precision | epochs | hours |",
@@ -164,7 +163,9 @@ def what_it_scored(run_dir, name, own_scores):
         tta = metrics.get("tta_kind") or ("flip" if metrics.get("tta") else "none")
         scores.append(f"| {os.path.basename(metrics.get('checkpoint') or path)} | {metrics['split']} | {tta} "
                       f"| {metrics['accuracy']:.4f} |")
-    scores += [f"| {name} (this file) | {split} | none | {accuracy:.4f} |" for split, accuracy in own_scores]
+    retrained = load_config(os.path.join(run_dir, "config.yaml"))["data"]["protocol"] == "retrain"
+    scores += [f"| {name} (this file) | {split}{' (trained on)' if retrained and split == 'PublicTest' else ''} "
+               f"| none | {accuracy:.4f} |" for split, accuracy in own_scores]
     if not scores:
         return []
     return ["", "## What it scored", "", "The run's checkpoints as evaluate.py scored them, and this file itself "

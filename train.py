@@ -153,7 +153,8 @@ def fit(model, config, callbacks, splits, state, setup):
                             epoch=first_epoch, mixup=options["mixup"], group=setup.group, **batches)
     if setup.group > 1:
         feed.scan_steps(model, options["batch_size"])
-    validation = feed.Batches(splits[1], options["validation_batch_size"] or options["batch_size"], **batches)
+    validation = (feed.Batches(splits[1], options["validation_batch_size"] or options["batch_size"], **batches)
+                  if len(splits[1]) else None)  # data.protocol retrain: nothing held out
     model.fit(training, validation_data=validation, epochs=options["epochs"], initial_epoch=first_epoch,
               callbacks=[feed.FollowEpochs(training), *callbacks], shuffle=False,
               verbose="auto" if sys.stdout.isatty() else 2)

@@ -9,6 +9,9 @@
 # gpu/carry.sh fills .whl and .device first. Comes back: results.tgz (results/<name>/), the shipped model and its
 # card, the logs. On a CPU, to try it:
 # OUT=/tmp/out TRAIN_SECONDS=60 MAX_EPOCHS=4 LIMIT=300 bash gpu/recipe.sh
+# Once a recipe is chosen, its retrain on Training+PublicTest with the same epochs and no checkpoint choice:
+# EPOCHS=<the chosen run's> NAME=improved-gpu-retrain EXTRA="<its extras> --set data.protocol=retrain
+#     --set callbacks.checkpoint.save_best_only=false" bash gpu/recipe.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 CONFIG=${CONFIG:-configs/improved-gpu.yaml}
@@ -17,14 +20,19 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-390}   # the main run's epochs, compile excluded
 MAX_EPOCHS=${MAX_EPOCHS:-300}
 LIMIT=${LIMIT:-null}
 EXTRA=${EXTRA:-}                      # more --set options, e.g. "--set train.mixup=0.2"
+EPOCHS=${EPOCHS:-}                    # set: train this many epochs, with no probe
 source gpu/prepare.sh
 common=(--config "$CONFIG" --set data.path=/tmp/fer2013.csv --set data.limit=$LIMIT --set output.dir=/tmp/runs)
-# shellcheck disable=SC2086
-python3 train.py "${common[@]}" --set train.epochs=2 --set train.warmup_epochs=1 --set output.name=probe $EXTRA \
-    --no-evaluate > /tmp/runs/probe.log 2>&1 || { cp /tmp/runs/probe.log "$OUT/"; exit 1; }
-seconds=$(python3 -c "import pandas as pd; print(pd.read_csv('/tmp/runs/probe/history.csv')['seconds'].iloc[-1])")
-epochs=$(python3 -c "print(max(4, min($MAX_EPOCHS, int($TRAIN_SECONDS / $seconds))))")  # epoch 2: compiled already
-echo "probe: epoch 2 took $seconds s; training $epochs epochs"
+if [ -n "$EPOCHS" ]; then
+    epochs=$EPOCHS
+else
+    # shellcheck disable=SC2086
+    python3 train.py "${common[@]}" --set train.epochs=2 --set train.warmup_epochs=1 --set output.name=probe \
+        $EXTRA --no-evaluate > /tmp/runs/probe.log 2>&1 || { cp /tmp/runs/probe.log "$OUT/"; exit 1; }
+    seconds=$(python3 -c "import pandas as pd; print(pd.read_csv('/tmp/runs/probe/history.csv')['seconds'].iloc[-1])")
+    epochs=$(python3 -c "print(max(4, min($MAX_EPOCHS, int($TRAIN_SECONDS / $seconds))))")  # epoch 2: compiled
+    echo "probe: epoch 2 took $seconds s; training $epochs epochs"
+fi
 # shellcheck disable=SC2086
 python3 train.py "${common[@]}" --set train.epochs=$epochs --set output.name=$NAME $EXTRA > /tmp/runs/$NAME.log 2>&1
 status=$?

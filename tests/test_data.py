@@ -224,6 +224,14 @@ def test_standard_protocol_uses_the_usage_column(tmp_path):
         assert part.labels.tolist() == [i % 7 for i in expected]
 
 
+def test_retrain_protocol_trains_on_training_and_publictest_and_holds_nothing_out(tmp_path):
+    faces = data.read_faces(write_rows(tmp_path / "f.csv", make_rows(USAGE_ORDER)))
+    train, validation, test = data.split(faces, "retrain")
+    np.testing.assert_array_equal(train.images, faces.images[[u != "PrivateTest" for u in USAGE_ORDER]])
+    np.testing.assert_array_equal(test.images, faces.images[[u == "PrivateTest" for u in USAGE_ORDER]])
+    assert len(validation) == 0 and validation.images.shape[1:] == (48, 48)
+
+
 def test_protocol_errors_name_what_is_missing(tmp_path):
     no_test = data.read_faces(write_rows(tmp_path / "a.csv", make_rows(["Training", "PublicTest"])))
     with pytest.raises(UserError, match="no PrivateTest rows"):
@@ -233,6 +241,9 @@ def test_protocol_errors_name_what_is_missing(tmp_path):
         data.split(no_public, "standard")
     with pytest.raises(UserError, match="too few for validation_split"):
         data.split(no_public, "notebook", 0.2)  # one training row cannot be split
+    only_test = data.read_faces(write_rows(tmp_path / "c.csv", make_rows(["PrivateTest"])))
+    with pytest.raises(UserError, match="no Training or PublicTest rows"):
+        data.split(only_test, "retrain")
 
 
 def test_limit_keeps_the_first_rows_of_each_usage(tmp_path):

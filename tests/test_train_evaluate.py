@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -188,6 +189,28 @@ def test_results_of_an_unfinished_run_keep_its_epochs(trained_run, tmp_path):
     assert "UNFINISHED, 3 of 6 epochs" in result.stdout
     assert not (tmp_path / "out" / "checkpoints.sha256").exists()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["epochs_done"] == 3
+
+
+def test_the_retrain_protocol_trains_on_publictest_too_and_keeps_the_last_epoch(synthetic_csv, tmp_path):
+    import results
+    import ship
+
+    config = load_config(ROOT / "configs" / "demo.yaml", [
+        f"data.path={synthetic_csv}", "data.protocol=retrain", "data.limit=400", "train.epochs=2",
+        "callbacks.checkpoint.save_best_only=false", "callbacks.reduce_lr.monitor=loss", f"output.dir={tmp_path}"])
+    run_dir = Path(train.train(config))
+    assert len(feed.prepare_data(config)[0]) == 600  # 400 Training + 200 PublicTest faces
+    history = pd.read_csv(run_dir / "history.csv")
+    assert len(history) == 2 and not [column for column in history.columns if column.startswith("val_")]
+    # Nothing to choose a checkpoint on: best.keras is the last epoch's weights, and answers as last.keras does
+    # (the model in memory, scored as last.keras, and the one read back from best.keras differ in the 6th digit).
+    best, last = (pd.read_csv(run_dir / name) for name in ("predictions.csv", "predictions-last.csv"))
+    pd.testing.assert_frame_equal(best, last, check_exact=False, atol=1e-5)
+    summary = results.publish(run_dir, tmp_path / "published", notebook_log="")
+    assert summary["best_val_accuracy"] is None and summary["val_accuracy_at"] == {}
+    assert results.table_row(tmp_path / "published")[3] == "-"
+    assert "| PublicTest (trained on) | none | 0.9000 |" in "\n".join(
+        ship.what_it_scored(run_dir, "shipped.keras", [("PublicTest", 0.9), ("PrivateTest", 0.8)]))
 
 
 def test_mistakes_shows_the_most_confident_wrong_answers(tmp_path):

@@ -178,6 +178,11 @@ def test_a_bad_search_file_from_the_command_line(tmp_path):
     assert not (ROOT / "runs" / "bad").exists()
     with pytest.raises(UserError, match="search file .*none.yaml not found"):
         search_space.load_search(str(tmp_path / "none.yaml"), load_config())
+    path.write_text("space: {model.dropout: [0.1, 0.2]}\n")  # the objective (val_accuracy) needs validation faces
+    retrain = load_config(None, ["data.protocol=retrain", "callbacks.checkpoint.save_best_only=false",
+                                 "callbacks.reduce_lr.monitor=loss"])
+    with pytest.raises(UserError, match="objective val_accuracy needs validation faces"):
+        search_space.load_search(str(path), retrain)
 
 
 def test_another_search_under_the_same_name_is_refused(tmp_path):
