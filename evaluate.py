@@ -3,11 +3,12 @@
     python evaluate.py --checkpoint RUN/best.keras [--data PATH] [--split PrivateTest|PublicTest] [--out DIR]
     python evaluate.py --checkpoint RUN/model.json [--weights RUN/model.weights.h5]
     python evaluate.py --checkpoint model.json --weights model.h5       # the 2018 notebook's own files
+    python evaluate.py --checkpoint A/best.keras B/best.keras --tta tencrop   # an ensemble: probabilities averaged
 
 Prints the accuracy and a per-class report, and writes metrics.json and confusion_matrix.png beside the
 checkpoint (or in --out; for the model shipped in models/, in runs/evaluate-<its name>/). For a checkpoint not
 named best.keras the files carry its name (metrics-last.json, confusion_matrix-last.png) so that evaluations of
-one run never overwrite each other.
+one run never overwrite each other; an ensemble's files are metrics-ensemble.json ..., beside its first checkpoint.
 """
 if __name__ == "__main__":  # first, before the imports below bring in Keras
     from common import start_backend
@@ -71,10 +72,12 @@ def crop_shifts(model):
 
 def evaluate_model(model, faces, split="PrivateTest", batch_size=256, tta=None):
     """Accuracy, per-class precision/recall/F1 (scikit-learn's classification report) and the confusion matrix
-    of `model` on `faces`; and the class probabilities of every face."""
+    of `model` (or of a list of models: an ensemble, their probabilities averaged) on `faces`; and the class
+    probabilities of every face."""
     from sklearn.metrics import classification_report, confusion_matrix
 
-    probabilities = predict_probabilities(model, faces.images, batch_size, tta)
+    probabilities = np.mean([predict_probabilities(member, faces.images, batch_size, tta)
+                             for member in (model if isinstance(model, list) else [model])], axis=0)
     predicted = probabilities.argmax(axis=1)
     truth = faces.labels.astype(np.int64)
     classes = list(range(len(data.EMOTIONS)))
@@ -200,8 +203,9 @@ def default_out(checkpoint):
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="a .keras file, a Keras 2 .h5/.hdf5/.hd5 model, or a model.json (with "
-                                             "--weights); default: the model shipped in models/")
+    parser.add_argument("--checkpoint", nargs="+", help="a .keras file, a Keras 2 .h5/.hdf5/.hd5 model, or a "
+                        "model.json (with --weights); several: an ensemble, scored on their averaged probabilities; "
+                        "default: the model shipped in models/")
     parser.add_argument("--weights", help="weights for a model.json (default: the .h5 beside it)")
     parser.add_argument("--data", help="fer2013.csv or image folder (default: the run's data.path)")
     parser.add_argument("--split", default="PrivateTest", choices=data.USAGES, help="default: PrivateTest")
@@ -213,16 +217,20 @@ def main(argv=None):
                              "tencrop, for a model trained with train.augment.crop, its ten crops")
     args = parser.parse_args(argv)
     if args.checkpoint is None:
-        args.checkpoint = shipped_model()
-        print(f"using the shipped model {args.checkpoint} (no --checkpoint given)")
-    model = load_checkpoint(args.checkpoint, args.weights)
-    data_path, limit, cache_dir = data_for(args.checkpoint, args.data)
+        args.checkpoint = [shipped_model()]
+        print(f"using the shipped model {args.checkpoint[0]} (no --checkpoint given)")
+    if len(args.checkpoint) > 1 and args.weights:
+        raise UserError("--weights goes with one model.json checkpoint, not an ensemble")
+    models = [load_checkpoint(path, args.weights) for path in args.checkpoint]
+    first = args.checkpoint[0]
+    data_path, limit, cache_dir = data_for(first, args.data)
     faces = load_split(data_path, args.split, limit, cache_dir)
-    metrics, probabilities = evaluate_model(model, faces, args.split, args.batch_size, args.tta)
-    metrics = {"checkpoint": args.checkpoint, "data": data_path, **metrics}
+    metrics, probabilities = evaluate_model(models, faces, args.split, args.batch_size, args.tta)
+    ensemble = {"ensemble": args.checkpoint} if len(models) > 1 else {}
+    metrics = {"checkpoint": "ensemble" if ensemble else first, **ensemble, "data": data_path, **metrics}
     print_report(metrics)
-    out_dir = args.out or default_out(args.checkpoint)
-    for path in write_report(metrics, probabilities, faces, out_dir, args.checkpoint):
+    out_dir = args.out or default_out(first)
+    for path in write_report(metrics, probabilities, faces, out_dir, "ensemble" if ensemble else first):
         print(f"wrote {path}")
     return 0
 

@@ -107,6 +107,28 @@ def test_evaluate_reads_the_model_json_export_and_another_split(trained_run, tmp
     assert json.loads((tmp_path / "metrics-last.json").read_text())["confusion_matrix"] == from_json["confusion_matrix"]
 
 
+def test_an_ensemble_scores_the_mean_of_its_members_probabilities(trained_run, synthetic_csv, tmp_path):
+    import keras
+
+    run_dir, _ = trained_run
+    other = keras.saving.load_model(run_dir / "best.keras")  # a second member: the same network, another last bias
+    other.layers[-1].bias.assign(np.random.default_rng(0).normal(0, 1, 7).astype("float32"))
+    other.save(tmp_path / "other.keras")
+    members = [str(run_dir / "best.keras"), str(tmp_path / "other.keras")]
+    for member in [*members, members]:
+        flags = member if isinstance(member, list) else [member]
+        assert evaluate.main(["--checkpoint", *flags, "--data", str(synthetic_csv), "--split", "PublicTest",
+                              "--out", str(tmp_path)]) == 0
+    columns = [f"p_{name}" for name in data.EMOTIONS]
+    best, second, ensemble = (pd.read_csv(tmp_path / f"predictions{stem}.csv") for stem in ("", "-other", "-ensemble"))
+    assert (best["predicted"] != second["predicted"]).any()
+    np.testing.assert_allclose(ensemble[columns], (best[columns] + second[columns]) / 2, atol=2e-6)
+    metrics = json.loads((tmp_path / "metrics-ensemble.json").read_text())
+    assert metrics["ensemble"] == members and metrics["n"] == 200
+    assert metrics["accuracy"] == np.mean(ensemble["predicted"] == ensemble["true"])
+    assert_user_error(run_script("evaluate.py", "--checkpoint", *members, "--weights", "w.h5"), "--weights", "ensemble")
+
+
 def test_missing_dataset_says_where_to_get_fer2013(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         train.main(["--config", "config.yaml", "--set", f"data.path={tmp_path}/fer2013.csv",
