@@ -40,6 +40,7 @@ DEFAULTS = {
         "mixup": 0.0,
         "ema": 0.0,
         "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0, "erase": 0.0},
+        "distill": {"teachers": [], "weight": 0.5},
         "shuffle": True,
         "seed": None,
         "precision": "auto",
@@ -82,6 +83,8 @@ CHOICES = {
     "train.distribute": ("auto", "none", "mirrored", "multi_worker"),
     "train.feed": ("auto", "host", "device"),
 }
+# The list keys that hold file paths (every other list holds positive integers).
+PATH_LISTS = {"train.distill.teachers"}
 # Values that older configs spell by another name (data.protocol "seed" was the notebook's split).
 RENAMED = {"data.protocol": {"seed": "notebook"}}
 # The notebook (Keras 2) spelled accuracy "acc"; Keras 3 calls it "accuracy".
@@ -230,8 +233,11 @@ def validate(config):
         value = RENAMED.get(key, {}).get(value, value) if isinstance(value, str) else value
         set_key(config, key, value, source="config")
         check_type(key, value, kinds)
-        if list in kinds and not all(isinstance(item, int) and not isinstance(item, bool) and item > 0
-                                     for item in value):
+        if key in PATH_LISTS:
+            if not all(isinstance(item, str) and item.strip() for item in value):
+                raise UserError(f"config: '{key}' must be a list of file paths, got {value!r}")
+        elif list in kinds and not all(isinstance(item, int) and not isinstance(item, bool) and item > 0
+                                       for item in value):
             raise UserError(f"config: '{key}' must be a list of positive integers, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
             raise UserError(f"config: '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
@@ -276,6 +282,7 @@ def check_training_values(config, require):
     require(decay is None or decay >= 0, "train.weight_decay", "must be >= 0, or null (the optimizer's default)")
     size = config["train"]["validation_batch_size"]
     require(size is None or size > 0, "train.validation_batch_size", "must be > 0, or null (train.batch_size)")
+    require(0 <= config["train"]["distill"]["weight"] <= 1, "train.distill.weight", "must be in [0, 1]")
     for key, most in (("shift", 0.5), ("rotation", 180), ("zoom", 0.5), ("erase", 1)):
         require(0 <= config["train"]["augment"][key] <= most, f"train.augment.{key}", f"must be in [0, {most}]")
     crop = config["train"]["augment"]["crop"]

@@ -16,7 +16,8 @@ with native_stderr_held():
 
 
 class Batches(keras.utils.PyDataset):
-    """uint8 faces -> float32 batches (/ 255) with one-hot labels.
+    """uint8 faces -> float32 batches (/ 255) with one-hot labels, or with `targets` (N, 7) where given
+    (train.distill's).
 
     Images stay uint8 until a batch is formed. With `shuffle`, epoch e visits the faces in the order of a
     permutation drawn from (seed, e) alone, so a resumed run sees the same batches (fit tells it e through
@@ -32,16 +33,19 @@ class Batches(keras.utils.PyDataset):
     """
 
     def __init__(self, faces, batch_size, shuffle=False, seed=None, multiple=1, epoch=0, share=(0, 1),
-                 on_device=False, mixup=0.0, group=1, **kwargs):
+                 on_device=False, mixup=0.0, group=1, targets=None, **kwargs):
         super().__init__(**kwargs)
         self.faces, self.batch_size, self.shuffle, self.multiple = faces, batch_size, shuffle, multiple
         self.share, self.on_device, self.mixup, self.group = share, on_device, mixup, group
+        self.targets = targets
         self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
         self.epoch = epoch
         self.order = self._order()
         if on_device:
             self.images = keras.ops.convert_to_tensor(data.to_float(faces.images))
             self.labels = keras.ops.convert_to_tensor(faces.labels.astype(np.int32))
+            if targets is not None:
+                self.targets = keras.ops.convert_to_tensor(targets.astype(np.float32))
         self.items = self._items()
 
     def _order(self):
@@ -82,9 +86,11 @@ class Batches(keras.utils.PyDataset):
         if self.on_device:
             rows = keras.ops.convert_to_tensor(rows.astype(np.int32))
             x = keras.ops.take(self.images, rows, axis=0)
-            y = keras.ops.one_hot(keras.ops.take(self.labels, rows, axis=0), len(data.EMOTIONS))
+            y = (keras.ops.one_hot(keras.ops.take(self.labels, rows, axis=0), len(data.EMOTIONS))
+                 if self.targets is None else keras.ops.take(self.targets, rows, axis=0))
         else:
-            x, y = data.to_float(self.faces.images[rows]), data.one_hot(self.faces.labels[rows])
+            x = data.to_float(self.faces.images[rows])
+            y = data.one_hot(self.faces.labels[rows]) if self.targets is None else self.targets[rows].astype(np.float32)
         if self.mixup:
             weights, others = [], []
             for batch in range(first, first + count):

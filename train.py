@@ -30,7 +30,9 @@ import numpy as np
 
 import backends
 import checkpoints
+import data
 import distribute
+import evaluate
 import feed
 import outputs
 import resume as resume_lib
@@ -123,8 +125,27 @@ def make_model(config, run_dir, state, init_weights, steps_per_execution=1):
     return model
 
 
-def announce(model, run_dir, setup, state, init_weights=None):
-    """The model and what it runs on, on screen and in environment.json (with the checkpoint it started from)."""
+def distilled_targets(options, faces):
+    """train.distill's target for each training face: (1 - weight) x its one-hot label + weight x the teachers'
+    mean probabilities for it, each teacher scoring the face and its mirror image (and its ten crops, where the
+    teacher crops its input) as evaluate.py --tta does; None without teachers."""
+    teachers, weight = options["distill"]["teachers"], options["distill"]["weight"]
+    if not teachers:
+        return None
+    probabilities = []
+    for path in teachers:
+        teacher = checkpoints.load_checkpoint(path)
+        crops = any(isinstance(layer, keras.layers.CenterCrop) for layer in teacher.layers)
+        probabilities.append(evaluate.predict_probabilities(teacher, faces.images, tta="tencrop" if crops else "flip"))
+    taught = np.mean(probabilities, axis=0)
+    print(f"distilling from {len(teachers)} teacher(s), weight {weight}: their mean probabilities name the true "
+          f"emotion of {np.mean(taught.argmax(axis=1) == faces.labels):.4f} of the {len(faces)} training faces")
+    return ((1 - weight) * data.one_hot(faces.labels) + weight * taught).astype(np.float32)
+
+
+def announce(model, run_dir, setup, state, init_weights=None, teachers=()):
+    """The model and what it runs on, on screen and in environment.json (with the checkpoint it started from and
+    the teachers it learns from)."""
     model.summary()
     print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
     print(f"precision {setup.precision} ({setup.why}), XLA {'on' if model.jit_compile else 'off'}, "
@@ -135,12 +156,15 @@ def announce(model, run_dir, setup, state, init_weights=None):
     if init_weights and not state:
         started_from["init_weights"] = {"path": os.path.abspath(init_weights[0]),
                                         "sha256": sha256(init_weights[0])}
+    if teachers:
+        started_from["teachers"] = [{"path": os.path.abspath(path), "sha256": sha256(path)} for path in teachers]
     outputs.record_environment(run_dir, {**outputs.environment(setup, model), **started_from,
                                  "epochs_done_at_start": state["epochs_done"] if state else 0}, resumed=bool(state))
 
 
-def fit(model, config, callbacks, splits, state, setup):
-    """model.fit from the first epoch not yet done; one line per epoch where stdout is not a terminal."""
+def fit(model, config, callbacks, splits, state, setup, targets=None):
+    """model.fit from the first epoch not yet done; one line per epoch where stdout is not a terminal. `targets`:
+    the training faces' own (distilled_targets), instead of their one-hot labels."""
     options = config["train"]
     first_epoch = state["epochs_done"] if state else 0
     if (state and state["training_over"]) or first_epoch >= options["epochs"]:
@@ -150,7 +174,7 @@ def fit(model, config, callbacks, splits, state, setup):
     batches = dict(multiple=backends.batch_multiple(), share=backends.process_share(),
                    on_device=setup.feed == "device")
     training = feed.Batches(splits[0], options["batch_size"], shuffle=options["shuffle"], seed=setup.shuffle_seed,
-                            epoch=first_epoch, mixup=options["mixup"], group=setup.group, **batches)
+                            epoch=first_epoch, mixup=options["mixup"], group=setup.group, targets=targets, **batches)
     if setup.group > 1:
         feed.scan_steps(model, options["batch_size"])
     validation = (feed.Batches(splits[1], options["validation_batch_size"] or options["batch_size"], **batches)
@@ -175,6 +199,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     state = resume_lib.read_state(resume_dir) if resume_dir else None
     run_dir = (resume_dir or outputs.plan_run_dir(config, config_path)) if writer else None
     splits = feed.prepare_data(config)
+    targets = distilled_targets(options, splits[0])  # before set_up seeds the run: loading teachers draws nothing from it
     setup = set_up(options, kind, state, splits[0])
     if not writer:
         run_dir = tempfile.mkdtemp(prefix="fer2013-worker-")
@@ -188,13 +213,13 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
             with setup.distribution.scope():
                 model = make_model(config, resume_dir or run_dir, state, init_weights, setup.steps_per_execution)
             write_text(os.path.join(run_dir, "config.yaml"), dump(config))
-            announce(model, run_dir, setup, state, init_weights)
+            announce(model, run_dir, setup, state, init_weights, options["distill"]["teachers"])
             # Every process of a multi-machine run writes its state after each epoch, as the others do.
             callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, setup.shuffle_seed,
                                                           0 if kind == "multi_worker" else None)
             if os.environ.get(TEST_SIGNAL):
                 callbacks.insert(0, SignalAt())
-            fit(model, config, callbacks, splits, state, setup)
+            fit(model, config, callbacks, splits, state, setup, targets)
             outputs.save_exports(model, run_dir)
             outputs.plot_curves(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
             if evaluate_after and writer:

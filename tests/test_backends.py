@@ -124,6 +124,11 @@ def test_batches_on_the_device_are_the_host_s_batches_and_mixup_mixes_pairs():
     again_x, again_y = feed.Batches(faces, 16, shuffle=True, seed=3, epoch=2, mixup=0.4, on_device=True)[1]
     np.testing.assert_allclose(np.asarray(again_x), x, atol=1e-6)  # the same draw from (seed, epoch, batch)
     np.testing.assert_allclose(np.asarray(again_y), y, atol=1e-6)
+    # train.distill's targets in place of the one-hot labels, each face's own, on the host and on the device.
+    targets = np.random.default_rng(0).dirichlet(np.ones(7), len(faces)).astype(np.float32)
+    for on_device in (False, True):
+        _, taught = feed.Batches(faces, 16, shuffle=True, seed=3, epoch=2, on_device=on_device, targets=targets)[1]
+        np.testing.assert_allclose(np.asarray(taught), targets[host.rows(1)], atol=1e-7)
     assert backends.choose_feed("auto") == "host"  # no GPU here
     with pytest.raises(UserError, match="train.feed=device needs the jax or torch backend"):
         backends.choose_feed("device")

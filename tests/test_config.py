@@ -20,7 +20,7 @@ def test_the_notebooks_values():
                                "weight_decay": None,
                                "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0, "mixup": 0.0, "ema": 0.0,
                                "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0,
-                                           "erase": 0.0},
+                                           "erase": 0.0}, "distill": {"teachers": [], "weight": 0.5},
                                "shuffle": True, "seed": None, "precision": "auto", "jit_compile": "auto",
                                "feed": "auto", "steps_per_execution": 1, "scan_steps": 1, "validation_batch_size": None,
                                "distribute": "auto", "cluster_timeout": 300}
@@ -77,6 +77,8 @@ BAD_CONFIGS = {
                                             "callbacks.checkpoint.save_best_only=false",
                                             "callbacks.early_stopping.enabled=true"],
                                        "so callbacks.early_stopping.monitor cannot"),
+    "teacher not a path": ("", ["train.distill.teachers=[3]"], "'train.distill.teachers' must be a list of file paths"),
+    "distill weight 2": ("", ["train.distill.weight=2"], "'train.distill.weight' must be in [0, 1]"),
     "tiny detection width": ("", ["predict.video_detect_width=10"], "'predict.video_detect_width' must be 24 or more"),
     "unknown precision": ("", ["train.precision=float16"], "'train.precision' must be one of auto, float32"),
     "unknown distribute": ("", ["train.distribute=tpu"], "'train.distribute' must be one of auto, none, mirrored"),

@@ -15,7 +15,7 @@ import evaluate
 import model as model_lib
 from model import keras
 import train
-from common import UserError
+from common import UserError, sha256
 from config import DEFAULTS, load_config
 from conftest import ROOT
 
@@ -81,6 +81,27 @@ def test_a_cosine_run_logs_the_rates_it_used(tmp_path, synthetic_csv):
     history = pd.read_csv(f"{run_dir}/history.csv")
     expected = [train.cosine_learning_rate(epoch, 1e-3, 3, 1) for epoch in range(3)]
     np.testing.assert_allclose(history["learning_rate"], expected, rtol=1e-6)
+
+
+def test_distillation_mixes_the_teachers_probabilities_into_the_targets(trained_run, synthetic_csv, tmp_path):
+    import keras
+
+    teacher = trained_run[0] / "best.keras"
+    config = load_config(ROOT / "configs/demo.yaml", [
+        f"data.path={synthetic_csv}", "data.limit=60", "train.epochs=1", f"train.distill.teachers=[{teacher}]",
+        "train.distill.weight=0.3", f"output.dir={tmp_path}", "output.name=student"])
+    run_dir = train.train(config, evaluate_after=False)
+    recorded = json.loads(open(f"{run_dir}/environment.json").read())["teachers"]
+    assert recorded == [{"path": str(teacher), "sha256": sha256(teacher)}]
+    # The targets, computed here with plain Keras: 0.7 x the one-hot label + 0.3 x the teacher's probabilities,
+    # the mean of each face's and its mirror image's (the demo's network does not crop).
+    training = data.split(data.limit_rows(data.read_faces(synthetic_csv), 60), "notebook", 0.2)[0]
+    network = keras.saving.load_model(teacher)
+    images = data.to_float(training.images)
+    probabilities = (network.predict(images, verbose=0) + network.predict(images[:, :, ::-1], verbose=0)) / 2
+    targets = train.distilled_targets(config["train"], training)
+    np.testing.assert_allclose(targets, 0.7 * np.eye(7)[training.labels] + 0.3 * probabilities, atol=1e-5)
+    assert train.distilled_targets(small_config()["train"], training) is None
 
 
 def test_label_smoothing_is_in_the_loss():
