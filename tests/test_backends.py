@@ -219,10 +219,10 @@ def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
 @pytest.mark.slow
 def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
     """train.feed=device, steps_per_execution and large validation batches: the same batches in the same order,
-    so the same training, step for step (the demo on JAX's CPU). 90 steps an epoch: at most 4 steps a call is 3
-    (feed.steps_per_call; 4 itself, whose last call is partial, trains otherwise from the third epoch on in Keras
-    3.15); and Keras ends each epoch more than once, so Batches takes its epoch from fit (feed.FollowEpochs).
-    train.scan_steps trains the same batches, several in one call."""
+    so the same training, step for step (the demo on JAX's CPU, 816 training faces in batches of 8). 102 steps an
+    epoch: at most 4 steps a call is 3 (feed.steps_per_call; 4 itself, whose last call is partial, trains otherwise from the third
+    epoch on in Keras 3.15); and Keras ends each epoch more than once, so Batches takes its epoch from fit
+    (feed.FollowEpochs). train.scan_steps trains the same batches, several in one call."""
     pytest.importorskip("jax")
     histories, scores = {}, {}
     for name, settings in (("plain", ["train.feed=host"]),
@@ -230,18 +230,19 @@ def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
                                      "train.validation_batch_size=200"]),
                            ("scanned", ["train.feed=device", "train.scan_steps=2", "train.epochs=1"])):
         result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
-                            "--set", "train.seed=0", "--set", "train.precision=float32", "--set", "train.epochs=4",
+                            "--set", "data.limit=820", "--set", "train.batch_size=8", "--set", "train.seed=0",
+                            "--set", "train.precision=float32", "--set", "train.epochs=3",
                             *[part for setting in settings for part in ("--set", setting)],
                             "--set", f"output.dir={tmp_path}", "--set", f"output.name={name}",
                             env={"KERAS_BACKEND": "jax"})
         assert result.returncode == 0, result.stderr[-3000:]
         histories[name] = pd.read_csv(tmp_path / name / "history.csv")
         scores[name] = json.loads((tmp_path / name / "metrics-last.json").read_text())["accuracy"]
-    assert len(histories["plain"]) == 4 and feed.steps_per_call(4, 90) == 3 and feed.steps_per_call(8, 404) == 4
+    assert len(histories["plain"]) == 3 and feed.steps_per_call(4, 102) == 3 and feed.steps_per_call(8, 404) == 4
     for column in ("loss", "accuracy"):
         assert histories["fast"][column].tolist() == histories["plain"][column].tolist(), column
-    assert scores["plain"] > 0.8 and abs(scores["fast"] - scores["plain"]) <= 0.005, scores
-    # train.scan_steps=2: 45 calls of 2 steps an epoch, unrolled, computing as one step a call.
+    assert scores["plain"] > 0.35 and abs(scores["fast"] - scores["plain"]) <= 0.005, scores
+    # train.scan_steps=2: 51 calls of 2 steps an epoch, unrolled, computing as one step a call.
     environment = json.loads((tmp_path / "scanned" / "environment.json").read_text())
     assert environment["batches_scanned_a_call"] == 2 and environment["steps_per_execution"] == 1
     for column in ("loss", "accuracy"):
