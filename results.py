@@ -6,8 +6,9 @@
     python results.py table                                 # the README's Results table, from results/*/
 
 Copies what train.py wrote (config.yaml, environment.json, history.csv, metrics*.json) and the predictions
-(predictions*.csv without the true-label column: FER2013's labels stay out of the repository, and anyone with
-fer2013.csv recomputes every metric from the rest), writes checkpoints.sha256 for best.keras and last.keras and
+(predictions*.csv.gz: train.py's predictions*.csv without the true-label column, gzipped so that the repository stays
+small enough to travel to a lent GPU; FER2013's labels stay out of the repository, and anyone with fer2013.csv
+recomputes every metric from the rest), writes checkpoints.sha256 for best.keras and last.keras and
 summary.json (scores, plateau, validation accuracy at epochs 20/40/60/100, hours and CPU of each part of the
 run, the epoch at which the notebook's EarlyStopping as written would have stopped it), and draws the run's
 validation curve over the published one. An unfinished run gets its curve and history only, so that the
@@ -15,6 +16,7 @@ epochs done so far outlast the machine they ran on.
 """
 import argparse
 import glob
+import gzip
 import json
 import os
 import shlex
@@ -237,8 +239,11 @@ def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
         copy_without_home(path, os.path.join(out_dir, os.path.basename(path)))
     for path in sorted(glob.glob(os.path.join(run_dir, "predictions*.csv"))):
         table = pd.read_csv(path).drop(columns=["true"])
-        with replaced_atomically(os.path.join(out_dir, os.path.basename(path))) as temporary:
-            table.to_csv(temporary, index=False)
+        target = os.path.join(out_dir, os.path.basename(path))
+        with replaced_atomically(target + ".gz") as temporary, open(temporary, "wb") as f:
+            f.write(gzip.compress(table.to_csv(index=False).encode(), mtime=0))  # no name, no time: the same bytes
+        if os.path.exists(target):
+            os.remove(target)  # an earlier publication's, uncompressed
     summary = summarize(run_dir, history, notebook)
     checksums = os.path.join(out_dir, "checkpoints.sha256")
     kept = [name for name in ("best.keras", "last.keras") if os.path.exists(os.path.join(run_dir, name))]
@@ -267,7 +272,9 @@ def check(out_dir, data_path):
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
         predictions_path = os.path.join(out_dir, os.path.basename(metrics_path).replace("metrics", "predictions")
-                                        .replace(".json", ".csv"))
+                                        .replace(".json", ".csv.gz"))
+        if not os.path.isfile(predictions_path) and os.path.isfile(predictions_path[:-3]):
+            predictions_path = predictions_path[:-3]  # published uncompressed
         if not os.path.isfile(predictions_path):
             raise UserError(f"{metrics_path}: no {os.path.basename(predictions_path)} beside it")
         table = pd.read_csv(predictions_path)

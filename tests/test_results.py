@@ -79,9 +79,9 @@ def test_committed_results_recompute_from_a_reordered_jittered_copy(folder, fer2
 def test_a_committed_prediction_changed_fails_the_check(fer2013_moved, tmp_path):
     folder = tmp_path / "seed"
     shutil.copytree(ROOT / "results" / "seed", folder)
-    table = pd.read_csv(folder / "predictions-last.csv")
+    table = pd.read_csv(folder / "predictions-last.csv.gz")
     table.loc[0, "predicted"] = (table.loc[0, "predicted"] + 1) % 7
-    table.to_csv(folder / "predictions-last.csv", index=False)
+    table.to_csv(folder / "predictions-last.csv.gz", index=False)
     with pytest.raises(UserError, match="recomputes to"):
         results.check(folder, fer2013_moved)
 

@@ -173,15 +173,17 @@ def test_results_keep_the_run_and_every_metric_recomputes(trained_run, synthetic
     out = tmp_path / "results" / "demo"
     result = run_script("results.py", run_dir, "--out", out, "--notebook-log", "")
     assert result.returncode == 0, result.stderr
-    assert {"config.yaml", "environment.json", "history.csv", "metrics.json", "metrics-last.json", "predictions.csv",
-            "predictions-last.csv", "checkpoints.sha256", "summary.json"} <= {p.name for p in out.iterdir()}
+    assert {"config.yaml", "environment.json", "history.csv", "metrics.json", "metrics-last.json", "predictions.csv.gz",
+            "predictions-last.csv.gz", "checkpoints.sha256", "summary.json"} <= {p.name for p in out.iterdir()}
     assert (tmp_path / "results" / "demo_vs_notebook.png").read_bytes()[:4] == b"\x89PNG"
     sums = dict(reversed(line.split("  ")) for line in (out / "checkpoints.sha256").read_text().splitlines())
     for name in ("best.keras", "last.keras"):
         assert sums[name] == hashlib.sha256((run_dir / name).read_bytes()).hexdigest()
     # FER2013's labels stay out of results/: the predictions carry no true label, and recompute with the data's.
-    predictions = pd.read_csv(out / "predictions-last.csv")
+    predictions = pd.read_csv(out / "predictions-last.csv.gz")
     assert "true" not in predictions.columns and len(predictions) == 200
+    header = (out / "predictions-last.csv.gz").read_bytes()[:10]  # gzip, with no file name and no time in it
+    assert header[:3] == b"\x1f\x8b\x08" and header[3] == 0 and header[4:8] == bytes(4)
     _, _, test = data.split(data.read_faces(synthetic_csv), "notebook", 0.2)
     final = json.loads((out / "metrics-last.json").read_text())
     assert np.mean(predictions["predicted"] == test.labels) == final["accuracy"]
@@ -196,8 +198,8 @@ def test_results_keep_the_run_and_every_metric_recomputes(trained_run, synthetic
     assert (seconds > 0).all() and summary["hours"] == round(seconds.sum() / 3600, 3)  # what the epochs took
     # A changed prediction no longer recomputes: one line, exit status 2.
     predictions.loc[0, "predicted"] = (predictions.loc[0, "predicted"] + 1) % 7
-    predictions.to_csv(out / "predictions-last.csv", index=False)
-    assert_user_error(run_script("results.py", out, "--check", synthetic_csv), "predictions-last.csv", "recomputes")
+    predictions.to_csv(out / "predictions-last.csv.gz", index=False)
+    assert_user_error(run_script("results.py", out, "--check", synthetic_csv), "predictions-last.csv.gz", "recomputes")
 
 
 def test_results_of_an_unfinished_run_keep_its_epochs(trained_run, tmp_path):
