@@ -6,7 +6,7 @@
 #
 #     run(command="bash gpu/faithful.sh", carry=[".whl", ".device"], timeout_s=570)
 #
-# gpu/carry.sh fills .whl (the keras, namex and optree wheels) and .device (fer2013-jpeg.npz, make_fer2013.py
+# gpu/carry.sh fills .whl (the keras, namex and optree wheels) and .device (FER2013 xz-compressed, make_fer2013.py
 # and the notebook's training_log.csv from ../shared). On a CPU, to try it: OUT=/tmp/out EPOCHS=1
 # LIMIT=300 SEEDS=1 bash gpu/faithful.sh (with keras installed, no .whl needed).
 set -uo pipefail
