@@ -379,10 +379,11 @@ def main(argv=None):
     out_dir = args.out or os.path.join(HERE, "results", os.path.basename(os.path.normpath(args.run)))
     summary = publish(args.run, out_dir, args.notebook_log)
     state = "finished" if summary["finished"] else "UNFINISHED"
+    stop = summary["notebook_as_written_stops_after_epoch"]
+    stop = f"would stop after epoch {stop}" if stop else f"would not stop within its {summary['epochs_done']} epochs"
     print(f"{summary['run']}: {state}, {summary['epochs_done']} of {summary['epochs']} epochs; "
           + validation_phrase(summary) + ("" if summary["best_val_accuracy"] is None else
-                                          f"; plateau {summary['plateau_epochs']} epochs; notebook-as-written would "
-                                          f"stop after epoch {summary['notebook_as_written_stops_after_epoch']}"))
+                                          f"; plateau {summary['plateau_epochs']} epochs; notebook-as-written {stop}"))
     for key in ("final_weights_PrivateTest_accuracy", "best_checkpoint_PrivateTest_accuracy"):
         if key in summary:
             print(f"{key}: {summary[key]:.4f}")

@@ -148,10 +148,13 @@ def announce(model, run_dir, setup, state, init_weights=None, teachers=()):
     the teachers it learns from)."""
     model.summary()
     print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
+    calls = max(setup.group, setup.steps_per_execution)
+    why = (" (scanned on the device)" if setup.group > 1 else
+           f" (the most up to train.steps_per_execution {setup.asked} that divides an epoch's {setup.steps} steps)"
+           if calls < setup.asked else "")
     print(f"precision {setup.precision} ({setup.why}), XLA {'on' if model.jit_compile else 'off'}, "
           f"distribution {setup.distribution.describe()}, batches formed on the {setup.feed}, "
-          f"{max(setup.group, setup.steps_per_execution)} batches a call into the compiled function"
-          f"{' (scanned on the device)' if setup.group > 1 else ''}")
+          f"{calls} batch{'es' if calls > 1 else ''} a call into the compiled function{why}")
     started_from = {}
     if init_weights and not state:
         started_from["init_weights"] = {"path": os.path.abspath(init_weights[0]),
@@ -236,10 +239,10 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
 
 def set_up(options, kind, state, training_faces):
     """Seeds, precision, data parallelism and where batches are formed, for the run: a SimpleNamespace of
-    precision, why (the precision's reason), distribution, shuffle_seed, feed (host or device) and
-    group (train.scan_steps: batches an item, which one compiled call trains through, feed.scan_steps) and
-    steps_per_execution (Keras's: 1 with a group, else the largest divisor, up to train.steps_per_execution, of
-    an epoch's steps)."""
+    precision, why (the precision's reason), distribution, shuffle_seed, feed (host or device),
+    group (train.scan_steps: batches an item, which one compiled call trains through, feed.scan_steps),
+    steps (an epoch's), asked (train.steps_per_execution) and steps_per_execution (Keras's: 1 with a group, else
+    the largest divisor of steps up to asked)."""
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
     precision, why = backends.choose_precision(options["precision"])
@@ -260,7 +263,7 @@ def set_up(options, kind, state, training_faces):
         raise UserError("train.scan_steps > 1 needs the jax backend (KERAS_BACKEND=jax), train.feed device (auto "
                         "with a GPU) and one device")
     return types.SimpleNamespace(precision=precision, why=why, distribution=distribution, shuffle_seed=shuffle_seed,
-                                 feed=where, group=group,
+                                 feed=where, group=group, steps=steps, asked=options["steps_per_execution"],
                                  steps_per_execution=1 if group > 1 else feed.steps_per_call(
                                      options["steps_per_execution"], steps))
 
