@@ -7,8 +7,8 @@
 #     run(command="bash gpu/faithful.sh", carry=[".whl", ".device"], timeout_s=570)
 #
 # gpu/carry.sh fills .whl (the keras, namex and optree wheels) and .device (FER2013 xz-compressed, make_fer2013.py
-# and the notebook's training_log.csv from ../shared). On a CPU, to try it: OUT=/tmp/out EPOCHS=1
-# LIMIT=300 SEEDS=1 bash gpu/faithful.sh (with keras installed, no .whl needed).
+# and the notebook's training_log.csv from ../shared). On a CPU, to try it: OUT=/tmp/out RESULTS=/tmp/results
+# EPOCHS=1 LIMIT=300 SEEDS=1 bash gpu/faithful.sh (with keras installed, no .whl needed).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 EPOCHS=${EPOCHS:-100}
@@ -54,9 +54,9 @@ for seed in $SEEDS; do
     echo "seed $seed: train.py exit $status, $((SECONDS - t0)) s in all (start-up, compile, $EPOCHS epochs, scoring)"
     tail -4 "/tmp/runs/$name.log"
     [ $status -eq 0 ] || { cp "/tmp/runs/$name.log" "$OUT/"; continue; }
-    python3 results.py "/tmp/runs/$name" --out "results/$name" --notebook-log .device/training_log.csv | tail -3
-    published+=("results/$name")
-    [ -f "results/${name}_vs_notebook.png" ] && published+=("results/${name}_vs_notebook.png")
+    python3 results.py "/tmp/runs/$name" --out "$RESULTS/$name" --notebook-log .device/training_log.csv | tail -3
+    published+=("$RESULTS/$name")
+    [ -f "$RESULTS/${name}_vs_notebook.png" ] && published+=("$RESULTS/${name}_vs_notebook.png")
 done
 [ ${#published[@]} -gt 0 ] && tar czf "$OUT/results.tgz" "${published[@]}"
 grep -h "s/step\|Epoch 100/100" /tmp/runs/*.log | tail -6 > "$OUT/epoch-times.txt"

@@ -2,6 +2,7 @@
 # carried wheels (where it is missing), the JAX backend, what the GPU is (OUT/nvidia-smi.txt), and FER2013 as
 # /tmp/fer2013.csv.
 rm -rf /tmp/runs /tmp/ship  # a call run again on a machine still warm starts its runs afresh
+RESULTS=${RESULTS:-results}  # where results.py publishes; a try on a CPU: RESULTS=/tmp/results, leaving results/ alone
 mkdir -p "$OUT" /tmp/runs
 if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

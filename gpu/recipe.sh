@@ -8,7 +8,7 @@
 #
 # gpu/carry.sh fills .whl and .device first. Comes back: results.tgz (results/<name>/), the shipped model and its
 # card, the logs. On a CPU, to try it:
-# OUT=/tmp/out TRAIN_SECONDS=60 MAX_EPOCHS=4 LIMIT=300 bash gpu/recipe.sh
+# OUT=/tmp/out RESULTS=/tmp/results TRAIN_SECONDS=60 MAX_EPOCHS=4 LIMIT=300 bash gpu/recipe.sh
 # Once a recipe is chosen, its retrain on Training+PublicTest with the same epochs and no checkpoint choice:
 # EPOCHS=<the chosen run's> NAME=improved-gpu-retrain EXTRA="<its extras> --set data.protocol=retrain
 #     --set callbacks.checkpoint.save_best_only=false" bash gpu/recipe.sh
@@ -42,7 +42,7 @@ cp /tmp/runs/$NAME.log "$OUT/"
 for checkpoint in best last; do
     python3 evaluate.py --checkpoint /tmp/runs/$NAME/$checkpoint.keras --tta tencrop | head -1
 done
-python3 results.py /tmp/runs/$NAME --out results/$NAME --notebook-log .device/training_log.csv | tail -3
+python3 results.py /tmp/runs/$NAME --out $RESULTS/$NAME --notebook-log .device/training_log.csv | tail -3
 python3 ship.py /tmp/runs/$NAME/best.keras /tmp/ship/fer2013-$NAME.keras --data /tmp/fer2013.csv
-tar czf "$OUT/results.tgz" results/$NAME results/${NAME}_vs_notebook.png 2>/dev/null || tar czf "$OUT/results.tgz" results/$NAME
+tar czf "$OUT/results.tgz" $RESULTS/$NAME $RESULTS/${NAME}_vs_notebook.png 2>/dev/null || tar czf "$OUT/results.tgz" $RESULTS/$NAME
 cp /tmp/ship/fer2013-$NAME.keras /tmp/ship/README.md "$OUT/"
