@@ -38,6 +38,7 @@ DEFAULTS = {
         "warmup_epochs": 0,
         "label_smoothing": 0.0,
         "mixup": 0.0,
+        "cutmix": 0.0,
         "ema": 0.0,
         "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0, "erase": 0.0},
         "distill": {"teachers": [], "weight": 0.5},
@@ -275,6 +276,9 @@ def check_training_values(config, require):
     require(config["train"]["cluster_timeout"] > 0, "train.cluster_timeout", "must be > 0 (seconds)")
     require(0 <= config["train"]["label_smoothing"] < 1, "train.label_smoothing", "must be in [0, 1)")
     require(config["train"]["mixup"] >= 0, "train.mixup", "must be >= 0 (0: off; else Beta(mixup, mixup))")
+    require(config["train"]["cutmix"] >= 0, "train.cutmix", "must be >= 0 (0: off; else Beta(cutmix, cutmix))")
+    require(not (config["train"]["mixup"] and config["train"]["cutmix"]), "train.cutmix",
+            "must be 0 while train.mixup is on (one way to mix pairs of faces at a time)")
     require(0 <= config["train"]["ema"] < 1, "train.ema", "must be in [0, 1) (0: off; else the average's momentum)")
     require(config["train"]["steps_per_execution"] >= 1, "train.steps_per_execution", "must be >= 1")
     require(config["train"]["scan_steps"] >= 1, "train.scan_steps", "must be >= 1 (1: off)")

@@ -1,6 +1,6 @@
 """How faces reach the network: the (train, validation, test) splits a config names, and Batches, which forms
 each batch from the uint8 faces, on the host or on the accelerator (train.feed), mixing pairs of faces when
-train.mixup asks for it.
+train.mixup or train.cutmix asks for it.
 """
 import os
 import time
@@ -28,16 +28,18 @@ class Batches(keras.utils.PyDataset):
     set), and each batch is gathered and one-hot encoded there: only its row numbers cross from the host, and the
     batches are the host's, bit for bit. `mixup` > 0: each batch is mixed with itself in another order, images
     and labels alike, by a weight drawn from Beta(mixup, mixup) (Zhang et al., 2018), the order and weight drawn
-    from (seed, epoch, batch) alone. `group` > 1: an item holds `group` consecutive batches of one size, one
+    from (seed, epoch, batch) alone. `cutmix` > 0: instead, a box of the other face replaces the same box of each,
+    its share of the face drawn as 1 - Beta(cutmix, cutmix) and its place at random, and the labels mix by the
+    shares of the face each one shows (Yun et al., 2019). `group` > 1: an item holds `group` consecutive batches of one size, one
     after the other, where they remain, which scan_steps trains as that many steps in one call.
     """
 
     def __init__(self, faces, batch_size, shuffle=False, seed=None, multiple=1, epoch=0, share=(0, 1),
-                 on_device=False, mixup=0.0, group=1, targets=None, **kwargs):
+                 on_device=False, mixup=0.0, cutmix=0.0, group=1, targets=None, **kwargs):
         super().__init__(**kwargs)
         self.faces, self.batch_size, self.shuffle, self.multiple = faces, batch_size, shuffle, multiple
         self.share, self.on_device, self.mixup, self.group = share, on_device, mixup, group
-        self.targets = targets
+        self.targets, self.cutmix = targets, cutmix
         self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
         self.epoch = epoch
         self.order = self._order()
@@ -91,18 +93,31 @@ class Batches(keras.utils.PyDataset):
         else:
             x = data.to_float(self.faces.images[rows])
             y = data.one_hot(self.faces.labels[rows]) if self.targets is None else self.targets[rows].astype(np.float32)
-        if self.mixup:
-            weights, others = [], []
-            for batch in range(first, first + count):
-                rng = np.random.default_rng([self.seed, self.epoch, batch, 1])
-                weights.append(np.float32(rng.beta(self.mixup, self.mixup)))
-                others.append((batch - first) * size + rng.permutation(size))
-            weight = np.repeat(np.array(weights, np.float32), size)[:, None]
-            other = np.concatenate(others)
-            take = keras.ops.take if self.on_device else np.take
-            x = x * weight[:, :, None, None] + take(x, other, axis=0) * (1 - weight[:, :, None, None])
-            y = y * weight + take(y, other, axis=0) * (1 - weight)
+        if self.mixup or self.cutmix:
+            x, y = self._mix(x, y, first, count, size)
         return x, y
+
+    def _mix(self, x, y, first, count, size):
+        """Each batch of the item mixed with itself in another order: mixup's weighted sum of whole faces, or
+        cutmix's box of the other face; the order, weight and box drawn from (seed, epoch, batch) alone."""
+        keep, others = [], []  # per batch: the share of each pixel that stays the face's own (mixup: one weight)
+        for batch in range(first, first + count):
+            rng = np.random.default_rng([self.seed, self.epoch, batch, 1])
+            if self.mixup:
+                keep.append(np.full((1, 1, 1), rng.beta(self.mixup, self.mixup), np.float32))
+            else:
+                half = data.SIZE * np.sqrt(1 - rng.beta(self.cutmix, self.cutmix)) / 2
+                top, left = rng.integers(0, data.SIZE, 2)
+                mask = np.ones((data.SIZE, data.SIZE, 1), np.float32)
+                mask[max(0, int(top - half)):int(top + half), max(0, int(left - half)):int(left + half)] = 0
+                keep.append(mask)
+            others.append((batch - first) * size + rng.permutation(size))
+        keep = np.stack(keep)
+        share = keep.reshape(count, -1).mean(axis=1, keepdims=True)
+        ops = keras.ops if self.on_device else np  # on the device, one mask a batch crosses from the host
+        keep, share, other = ops.repeat(keep, size, axis=0), ops.repeat(share, size, axis=0), np.concatenate(others)
+        return (x * keep + ops.take(x, other, axis=0) * (1 - keep),
+                y * share + ops.take(y, other, axis=0) * (1 - share))
 
     def set_epoch(self, epoch):
         """Visit the faces in epoch `epoch`'s order from the next batch on (FollowEpochs calls it)."""

@@ -177,7 +177,8 @@ def fit(model, config, callbacks, splits, state, setup, targets=None):
     batches = dict(multiple=backends.batch_multiple(), share=backends.process_share(),
                    on_device=setup.feed == "device")
     training = feed.Batches(splits[0], options["batch_size"], shuffle=options["shuffle"], seed=setup.shuffle_seed,
-                            epoch=first_epoch, mixup=options["mixup"], group=setup.group, targets=targets, **batches)
+                            epoch=first_epoch, mixup=options["mixup"], cutmix=options["cutmix"],
+                            group=setup.group, targets=targets, **batches)
     if setup.group > 1:
         feed.scan_steps(model, options["batch_size"])
     validation = (feed.Batches(splits[1], options["validation_batch_size"] or options["batch_size"], **batches)

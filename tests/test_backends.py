@@ -134,6 +134,23 @@ def test_batches_on_the_device_are_the_host_s_batches_and_mixup_mixes_pairs():
         backends.choose_feed("device")
 
 
+def test_cutmix_pastes_one_box_of_another_face_and_mixes_the_labels_by_its_area():
+    faces = synthetic.make_synthetic(40, seed=0)
+    plain_x, plain_y = feed.Batches(faces, 16, shuffle=True, seed=3, epoch=2)[1]
+    x, y = feed.Batches(faces, 16, shuffle=True, seed=3, epoch=2, cutmix=1.0)[1]
+    rng = np.random.default_rng([3, 2, 1, 1])  # (seed, epoch, batch): the box's area, its centre, the other faces
+    half = 48 * np.sqrt(1 - rng.beta(1.0, 1.0)) / 2
+    (top, left), other = rng.integers(0, 48, 2), rng.permutation(16)
+    box = np.zeros((48, 48, 1), bool)
+    box[max(0, int(top - half)):int(top + half), max(0, int(left - half)):int(left + half)] = True
+    assert 0 < box.sum() < 48 * 48
+    np.testing.assert_array_equal(x, np.where(box, plain_x[other], plain_x))
+    np.testing.assert_allclose(y, plain_y * (1 - box.mean()) + plain_y[other] * box.mean(), atol=1e-6)
+    device_x, device_y = feed.Batches(faces, 16, shuffle=True, seed=3, epoch=2, cutmix=1.0, on_device=True)[1]
+    np.testing.assert_allclose(np.asarray(device_x), x, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(device_y), y, atol=1e-7)
+
+
 def test_grouped_batches_hold_consecutive_batches_of_one_size():
     """train.scan_steps: an item is `group` batches one after the other where that many of one size remain, else
     one batch; each batch as Batches forms it alone, mixup included."""

@@ -18,7 +18,8 @@ def test_the_notebooks_values():
     config = load_config(ROOT / "config.yaml")
     assert config["train"] == {"epochs": 100, "batch_size": 64, "learning_rate": 0.001, "optimizer": "adam",
                                "weight_decay": None,
-                               "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0, "mixup": 0.0, "ema": 0.0,
+                               "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0,
+                               "ema": 0.0,
                                "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0,
                                            "erase": 0.0}, "distill": {"teachers": [], "weight": 0.5},
                                "shuffle": True, "seed": None, "precision": "auto", "jit_compile": "auto",
@@ -77,6 +78,7 @@ BAD_CONFIGS = {
                                             "callbacks.checkpoint.save_best_only=false",
                                             "callbacks.early_stopping.enabled=true"],
                                        "so callbacks.early_stopping.monitor cannot"),
+    "mixup and cutmix": ("", ["train.mixup=0.2", "train.cutmix=1.0"], "'train.cutmix' must be 0 while train.mixup"),
     "teacher not a path": ("", ["train.distill.teachers=[3]"], "'train.distill.teachers' must be a list of file paths"),
     "distill weight 2": ("", ["train.distill.weight=2"], "'train.distill.weight' must be in [0, 1]"),
     "tiny detection width": ("", ["predict.video_detect_width=10"], "'predict.video_detect_width' must be 24 or more"),
