@@ -17,8 +17,8 @@ cores it kept busy (CPU time / wall time): a figure far below the core count was
 by the code, and is worth measuring again. Speed figures take turns over --rounds rounds, so that a slow spell of
 the machine does not fall on one figure only. Prints a table, then one JSON line per figure, with ratios against
 the notebook's way. Training and inference figures also give their TFLOP/s, the share of the peak estimated from
-the CPU's flags, cores and stated clock, and the share of a measured reference: the backend's own 2048x2048
-matrix multiply in the same precision.
+the CPU's flags, cores and stated clock (on a GPU: NVIDIA's datasheet figure for its name, measure.GPU_PEAKS), and
+the share of a measured reference: the backend's own 2048x2048 matrix multiply in the same precision.
 
 `precision` is the accuracy check behind train.precision's auto choice: the demo's network (configs/demo.yaml) trained
 on the tests' 2,000 synthetic faces, once per seed and precision, each in a fresh process, scored on their
@@ -44,7 +44,7 @@ import time
 import numpy as np
 
 from common import UserError, exit_on_user_error, start_backend, without_home, write_text
-from measure import peak_flops
+from measure import gpu_peak_flops, peak_flops
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -114,7 +114,8 @@ def bench_images_per_second(job, path, precisions, rounds, *sizes):
     ghz = float(backends.cpuinfo_field("cpu MHz") or 0) / 1000  # the stated clock: nominal on virtual machines
     for figure in figures:
         figure["tflops"] = figure["images_per_second"] * figure["flops_per_image"] / 1e12
-        peak, how = (None, "a GPU") if backends.gpus() else peak_flops(
+        found = backends.gpus()
+        peak, how = gpu_peak_flops(figure["precision"], found[0][0]) if found else peak_flops(
             figure["precision"], flags, len(os.sched_getaffinity(0)), ghz, vendor, family)
         if peak:
             figure.update(peak_tflops=peak / 1e12, share_of_peak=figure["tflops"] * 1e12 / peak, peak_reckoned=how)

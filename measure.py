@@ -141,6 +141,23 @@ def peak_flops(precision, flags, cores, ghz, vendor="", family=0):
     return cores * ghz * 1e9 * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({how})"
 
 
+# NVIDIA's datasheet peaks, dense tensor cores, in TFLOP/s: (a fragment of the device's name, 16-bit, float32 as XLA
+# runs convolutions and matrix products by default: TF32 where the chip has it, plain float32 on the T4).
+GPU_PEAKS = (("H200", 989.4, 494.7), ("H100 PCIe", 756.5, 378.0), ("H100", 989.4, 494.7), ("A100", 312.0, 156.0),
+             ("L40S", 362.1, 183.0), ("L40", 181.0, 90.5), ("L4", 121.0, 60.0), ("T4", 65.0, 8.1))
+
+
+def gpu_peak_flops(precision, name):
+    """(The GPU's peak FLOP/s for the precision, from GPU_PEAKS by its name; how), or (None, why) for a GPU not in
+    the table."""
+    sixteen = precision in ("mixed_float16", "mixed_bfloat16")
+    for fragment, half, single in GPU_PEAKS:
+        if fragment in name:
+            return ((half if sixteen else single) * 1e12,
+                    f"{name}: NVIDIA's datasheet, dense {'16-bit' if sixteen else 'float32 (TF32 where it has it)'}")
+    return None, f"{name}: not in measure.GPU_PEAKS"
+
+
 SEGMENTS = 3  # timed segments per figure: the best one counts, so that a burst of CPU steal does not
 
 

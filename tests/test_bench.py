@@ -127,3 +127,10 @@ def test_bench_reckons_flops_from_the_network_and_the_peak_from_the_cpu():
     peak, how = measure.peak_flops("mixed_bfloat16", sapphire_rapids, 2, 2.0, "GenuineIntel")
     assert peak == 2 * 2.0e9 * 1024 and "AMX" in how
     assert measure.peak_flops("float32", avx2, 2, 0.0)[0] is None
+    # GPUs: the datasheet's dense tensor-core figure for the name JAX or TensorFlow gives.
+    assert measure.gpu_peak_flops("mixed_float16", "NVIDIA H200")[0] == 989.4e12
+    assert measure.gpu_peak_flops("float32", "NVIDIA H100 PCIe")[0] == 378.0e12
+    assert measure.gpu_peak_flops("mixed_bfloat16", "NVIDIA A100-SXM4-40GB")[0] == 312.0e12
+    assert measure.gpu_peak_flops("float32", "Tesla T4")[0] == 8.1e12
+    assert measure.gpu_peak_flops("mixed_float16", "NVIDIA L40S")[0] == 362.1e12  # not the L4's
+    assert measure.gpu_peak_flops("float32", "NVIDIA GeForce GTX 1080")[0] is None
