@@ -57,7 +57,7 @@ for seed in $SEEDS; do
     python3 results.py "/tmp/runs/$name" --out "$RESULTS/$name" --notebook-log .device/training_log.csv | tail -3
     published+=("$RESULTS/$name")
     [ -f "$RESULTS/${name}_vs_notebook.png" ] && published+=("$RESULTS/${name}_vs_notebook.png")
+    tar czf "$OUT/results.tgz" "${published[@]}"  # after each seed: a call stopped at its limit still returns them
 done
-[ ${#published[@]} -gt 0 ] && tar czf "$OUT/results.tgz" "${published[@]}"
 grep -h "s/step\|Epoch 100/100" /tmp/runs/*.log | tail -6 > "$OUT/epoch-times.txt"
 echo "done in $((SECONDS - start)) s"

@@ -13,10 +13,13 @@
 # EPOCHS=<the chosen run's> NAME=improved-gpu-retrain EXTRA="<its extras> --set data.protocol=retrain
 #     --set callbacks.checkpoint.save_best_only=false" bash gpu/recipe.sh
 set -uo pipefail
+start=$SECONDS
 OUT=${OUT:-/tmp/out}
 CONFIG=${CONFIG:-configs/improved-gpu.yaml}
 NAME=${NAME:-improved-gpu}
-TRAIN_SECONDS=${TRAIN_SECONDS:-390}   # the main run's epochs, compile excluded
+CALL_SECONDS=${CALL_SECONDS:-590}     # the call's timeout_s: the main run must end in time for what follows it
+AFTER=${AFTER:-120}                   # seconds kept for scoring, publishing and shipping after the main run
+TRAIN_SECONDS=${TRAIN_SECONDS:-}      # the main run's epochs, compile excluded; empty: what the call has left
 MAX_EPOCHS=${MAX_EPOCHS:-300}
 LIMIT=${LIMIT:-null}
 EXTRA=${EXTRA:-}                      # more --set options, e.g. "--set train.mixup=0.2"
@@ -30,19 +33,32 @@ else
     python3 train.py "${common[@]}" --set train.epochs=2 --set train.warmup_epochs=1 --set output.name=probe \
         $EXTRA --no-evaluate > /tmp/runs/probe.log 2>&1 || { cp /tmp/runs/probe.log "$OUT/"; exit 1; }
     seconds=$(python3 -c "import pandas as pd; print(pd.read_csv('/tmp/runs/probe/history.csv')['seconds'].iloc[-1])")
-    epochs=$(python3 -c "print(max(4, min($MAX_EPOCHS, int($TRAIN_SECONDS / $seconds))))")  # epoch 2: compiled
-    echo "probe: epoch 2 took $seconds s; training $epochs epochs"
+    # Left for training: the call's time less what is gone, what follows, and 40 s for start-up, the compile (cached
+    # by now) and the run's own scoring.
+    budget=${TRAIN_SECONDS:-$((CALL_SECONDS - AFTER - (SECONDS - start) - 40))}
+    epochs=$(python3 -c "print(max(4, min($MAX_EPOCHS, int($budget / $seconds))))")  # epoch 2: compiled
+    echo "probe: epoch 2 took $seconds s; training $epochs epochs in about $budget s"
 fi
+# A backstop: if the run is still training when only AFTER seconds are left, SIGTERM stops it with its epochs kept
+# (train.py's resume state, best.keras so far), and what it chose is scored and published as an unfinished run.
 # shellcheck disable=SC2086
-python3 train.py "${common[@]}" --set train.epochs=$epochs --set output.name=$NAME $EXTRA > /tmp/runs/$NAME.log 2>&1
+timeout -s TERM $((CALL_SECONDS - AFTER - (SECONDS - start))) python3 train.py "${common[@]}" \
+    --set train.epochs=$epochs --set output.name=$NAME $EXTRA > /tmp/runs/$NAME.log 2>&1
 status=$?
 tail -5 /tmp/runs/$NAME.log
 cp /tmp/runs/$NAME.log "$OUT/"
-[ $status -eq 0 ] || exit 1
+if [ $status -eq 124 ]; then
+    echo "the main run was stopped at the time limit: scoring and publishing what it chose so far"
+    python3 evaluate.py --checkpoint /tmp/runs/$NAME/best.keras | head -1
+elif [ $status -ne 0 ]; then
+    exit 1
+fi
 for checkpoint in best last; do
+    [ -f /tmp/runs/$NAME/$checkpoint.keras ] || continue
     python3 evaluate.py --checkpoint /tmp/runs/$NAME/$checkpoint.keras --tta tencrop | head -1
 done
 python3 results.py /tmp/runs/$NAME --out $RESULTS/$NAME --notebook-log .device/training_log.csv | tail -3
-python3 ship.py /tmp/runs/$NAME/best.keras /tmp/ship/fer2013-$NAME.keras --data /tmp/fer2013.csv
 tar czf "$OUT/results.tgz" $RESULTS/$NAME $RESULTS/${NAME}_vs_notebook.png 2>/dev/null || tar czf "$OUT/results.tgz" $RESULTS/$NAME
+python3 ship.py /tmp/runs/$NAME/best.keras /tmp/ship/fer2013-$NAME.keras --data /tmp/fer2013.csv
 cp /tmp/ship/fer2013-$NAME.keras /tmp/ship/README.md "$OUT/"
+echo "done in $((SECONDS - start)) s"
