@@ -112,9 +112,9 @@ def bench_images_per_second(job, path, precisions, rounds, *sizes):
     vendor, flags = backends.cpuinfo_field("vendor_id") or "", backends.cpu_flags()
     family = int(backends.cpuinfo_field("cpu family") or 0)
     ghz = float(backends.cpuinfo_field("cpu MHz") or 0) / 1000  # the stated clock: nominal on virtual machines
+    found = backends.gpus()
     for figure in figures:
         figure["tflops"] = figure["images_per_second"] * figure["flops_per_image"] / 1e12
-        found = backends.gpus()
         peak, how = gpu_peak_flops(figure["precision"], found[0][0]) if found else peak_flops(
             figure["precision"], flags, len(os.sched_getaffinity(0)), ghz, vendor, family)
         if peak:

@@ -59,11 +59,16 @@ def predict_probabilities(model, images, batch_size=256, tta=None):
     return np.concatenate(outputs).astype(np.float32)
 
 
+def crop_layer(model):
+    """The model's own centre crop (keras.layers.CenterCrop, what train.augment.crop puts in the network), or None."""
+    return next((layer for layer in model.layers if isinstance(layer, keras.layers.CenterCrop)), None)
+
+
 def crop_shifts(model):
     """The five shifts of a 48x48 face after which the model's own centre crop (keras.layers.CenterCrop, what
     train.augment.crop puts in the network) sees the centre and the four corner crops. The pixels a shift wraps
     around land outside the crop."""
-    crop = next((layer for layer in model.layers if isinstance(layer, keras.layers.CenterCrop)), None)
+    crop = crop_layer(model)
     if crop is None:
         raise UserError("--tta tencrop needs a model that crops its input (trained with train.augment.crop)")
     margin = (data.SIZE - crop.height) // 2

@@ -30,8 +30,8 @@ class Batches(keras.utils.PyDataset):
     and labels alike, by a weight drawn from Beta(mixup, mixup) (Zhang et al., 2018), the order and weight drawn
     from (seed, epoch, batch) alone. `cutmix` > 0: instead, a box of the other face replaces the same box of each,
     its share of the face drawn as 1 - Beta(cutmix, cutmix) and its place at random, and the labels mix by the
-    shares of the face each one shows (Yun et al., 2019). `group` > 1: an item holds `group` consecutive batches of one size, one
-    after the other, where they remain, which scan_steps trains as that many steps in one call.
+    shares of the face each one shows (Yun et al., 2019). `group` > 1: an item holds `group` consecutive batches
+    of one size, one after the other, where they remain, which scan_steps trains as that many steps in one call.
     """
 
     def __init__(self, faces, batch_size, shuffle=False, seed=None, multiple=1, epoch=0, share=(0, 1),

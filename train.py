@@ -135,8 +135,8 @@ def distilled_targets(options, faces):
     probabilities = []
     for path in teachers:
         teacher = checkpoints.load_checkpoint(path)
-        crops = any(isinstance(layer, keras.layers.CenterCrop) for layer in teacher.layers)
-        probabilities.append(evaluate.predict_probabilities(teacher, faces.images, tta="tencrop" if crops else "flip"))
+        tta = "flip" if evaluate.crop_layer(teacher) is None else "tencrop"
+        probabilities.append(evaluate.predict_probabilities(teacher, faces.images, tta=tta))
     taught = np.mean(probabilities, axis=0)
     print(f"distilling from {len(teachers)} teacher(s), weight {weight}: their mean probabilities name the true "
           f"emotion of {np.mean(taught.argmax(axis=1) == faces.labels):.4f} of the {len(faces)} training faces")
@@ -203,7 +203,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     state = resume_lib.read_state(resume_dir) if resume_dir else None
     run_dir = (resume_dir or outputs.plan_run_dir(config, config_path)) if writer else None
     splits = feed.prepare_data(config)
-    targets = distilled_targets(options, splits[0])  # before set_up seeds the run: loading teachers draws nothing from it
+    targets = distilled_targets(options, splits[0])  # before set_up seeds the run: loading teachers draws none of it
     setup = set_up(options, kind, state, splits[0])
     if not writer:
         run_dir = tempfile.mkdtemp(prefix="fer2013-worker-")

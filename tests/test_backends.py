@@ -237,9 +237,9 @@ def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
 def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
     """train.feed=device, steps_per_execution and large validation batches: the same batches in the same order,
     so the same training, step for step (the demo on JAX's CPU, 816 training faces in batches of 8). 102 steps an
-    epoch: at most 4 steps a call is 3 (feed.steps_per_call; 4 itself, whose last call is partial, trains otherwise from the third
-    epoch on in Keras 3.15); and Keras ends each epoch more than once, so Batches takes its epoch from fit
-    (feed.FollowEpochs). train.scan_steps trains the same batches, several in one call."""
+    epoch: at most 4 steps a call is 3 (feed.steps_per_call; 4 itself, whose last call is partial, trains
+    otherwise from the third epoch on in Keras 3.15); and Keras ends each epoch more than once, so Batches takes
+    its epoch from fit (feed.FollowEpochs). train.scan_steps trains the same batches, several in one call."""
     pytest.importorskip("jax")
     histories, scores = {}, {}
     for name, settings in (("plain", ["train.feed=host"]),

@@ -18,8 +18,8 @@ def test_the_notebooks_values():
     config = load_config(ROOT / "config.yaml")
     assert config["train"] == {"epochs": 100, "batch_size": 64, "learning_rate": 0.001, "optimizer": "adam",
                                "weight_decay": None,
-                               "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0,
-                               "ema": 0.0,
+                               "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0, "mixup": 0.0,
+                               "cutmix": 0.0, "ema": 0.0,
                                "augment": {"flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0, "crop": 0,
                                            "erase": 0.0}, "distill": {"teachers": [], "weight": 0.5},
                                "shuffle": True, "seed": None, "precision": "auto", "jit_compile": "auto",
