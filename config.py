@@ -27,6 +27,7 @@ DEFAULTS = {
         "l2": 0.01,
         "dropout": 0.5,
         "batch_norm_momentum": 0.99,
+        "residual": False,
     },
     "train": {
         "epochs": 100,

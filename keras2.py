@@ -204,7 +204,8 @@ def family_config(model):
              "dropout": float(dropouts[0].rate),
              "batch_norm_momentum": next((float(layer.momentum) for layer in layers
                                           if isinstance(layer, keras.layers.BatchNormalization)),
-                                         DEFAULTS["model"]["batch_norm_momentum"])}
+                                         DEFAULTS["model"]["batch_norm_momentum"]),
+             "residual": False}
     config = {**DEFAULTS, "model": guess, "train": {**DEFAULTS["train"], "jit_compile": False}}
     rebuilt = build_model(config)
     if _describe(rebuilt) != _describe(model) or rebuilt.count_params() != model.count_params():

@@ -4,7 +4,8 @@
 
 Conv2D(64, valid, L2) - Conv2D(64, same) - BN - MaxPool - Dropout, then for f in 128, 256, 512:
 3 x [Conv2D(f, same) - BN] - MaxPool - Dropout; Flatten; Dense 512, 256, 128, 64 each with Dropout;
-Dense(7, softmax). `model.filters` and `model.dense` change the widths (the demo uses a small one).
+Dense(7, softmax). `model.filters` and `model.dense` change the widths (the demo uses a small one);
+`model.residual` adds a skip connection around each block's last two convolutions (same parameters).
 """
 if __name__ == "__main__":  # first, before the imports below bring in Keras
     from common import start_backend
@@ -32,24 +33,44 @@ def build_model(config=None):
     options = config["model"]
     l2, rate, momentum = options["l2"], options["dropout"], options["batch_norm_momentum"]
     stem, *blocks = options["filters"]
-    layers = [keras.Input(INPUT_SHAPE), *augmentation(config["train"]["augment"]),
-        keras.layers.Conv2D(stem, 3, activation="relu", padding="valid",
-                            kernel_regularizer=keras.regularizers.L2(l2)),
-        keras.layers.Conv2D(stem, 3, activation="relu", padding="same"),
-        keras.layers.BatchNormalization(momentum=momentum),
-        keras.layers.MaxPooling2D(2, strides=2),
-        keras.layers.Dropout(rate),
-    ]
+
+    def conv(filters):
+        return keras.layers.Conv2D(filters, 3, activation="relu", padding="same")
+
+    def norm(gamma="ones"):
+        return keras.layers.BatchNormalization(momentum=momentum, gamma_initializer=gamma)
+
+    def head():
+        layers = [keras.layers.Flatten()]
+        for units in options["dense"]:
+            layers += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(rate)]
+        return layers + [keras.layers.Dense(CLASSES, activation="softmax", dtype="float32")]  # float32 if mixed
+
+    front = [*augmentation(config["train"]["augment"]),
+             keras.layers.Conv2D(stem, 3, activation="relu", padding="valid",
+                                 kernel_regularizer=keras.regularizers.L2(l2)),
+             conv(stem), norm(), keras.layers.MaxPooling2D(2, strides=2), keras.layers.Dropout(rate)]
+    if not options["residual"]:
+        layers = [keras.Input(INPUT_SHAPE), *front]
+        for filters in blocks:
+            for _ in range(3):
+                layers += [conv(filters), norm()]
+            layers += [keras.layers.MaxPooling2D(2, strides=2), keras.layers.Dropout(rate)]
+        return let_jax_compile(keras.Sequential(layers + head(), name="fer2013_cnn"))
+    # The same layers, with a skip connection around each block's second and third convolutions (ResNet's, He et
+    # al. 2016): the block adds what they compute to what its first one gave. The branch's last BatchNormalization
+    # starts at zero, so each block starts as its first convolution alone (Goyal et al. 2017).
+    x = inputs = keras.Input(INPUT_SHAPE)
+    for layer in front:
+        x = layer(x)
     for filters in blocks:
-        for _ in range(3):
-            layers += [keras.layers.Conv2D(filters, 3, activation="relu", padding="same"),
-                       keras.layers.BatchNormalization(momentum=momentum)]
-        layers += [keras.layers.MaxPooling2D(2, strides=2), keras.layers.Dropout(rate)]
-    layers.append(keras.layers.Flatten())
-    for units in options["dense"]:
-        layers += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(rate)]
-    layers.append(keras.layers.Dense(CLASSES, activation="softmax", dtype="float32"))  # float32 under mixed precision
-    return let_jax_compile(keras.Sequential(layers, name="fer2013_cnn"))
+        x = norm()(conv(filters)(x))
+        branch = norm(gamma="zeros")(conv(filters)(norm()(conv(filters)(x))))
+        x = keras.layers.Add()([x, branch])
+        x = keras.layers.Dropout(rate)(keras.layers.MaxPooling2D(2, strides=2)(x))
+    for layer in head():
+        x = layer(x)
+    return let_jax_compile(keras.Model(inputs, x, name="fer2013_resnet"))
 
 
 def augmentation(options):

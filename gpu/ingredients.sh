@@ -16,7 +16,7 @@ CONFIG=${CONFIG:-configs/improved-gpu.yaml}
 EPOCHS=${EPOCHS:-60}
 LIMIT=${LIMIT:-null}
 BUDGET=${BUDGET:-540}   # seconds from the start: no variant starts unless the longest so far still fits
-VARIANTS=${VARIANTS:-"|--set train.augment.erase=0.25|--set train.mixup=0.2|--set train.ema=0.999|--set train.optimizer=sgd --set train.learning_rate=0.05 --set train.weight_decay=0.0005|--set train.cutmix=1.0"}
+VARIANTS=${VARIANTS:-"|--set model.residual=true|--set train.augment.erase=0.25|--set train.mixup=0.2|--set train.ema=0.999|--set train.optimizer=sgd --set train.learning_rate=0.05 --set train.weight_decay=0.0005|--set train.cutmix=1.0"}
 start=$SECONDS
 source gpu/prepare.sh
 IFS='|' read -r -a variants <<< "$VARIANTS"

@@ -170,3 +170,35 @@ def test_a_frozen_fused_batch_normalization_stays_in_inference_mode():
     np.testing.assert_allclose(outputs, _numbers(keras_own(faces, training=False)), atol=1e-6)
     np.testing.assert_array_equal(_numbers(frozen.layers[1].moving_variance), before)
     assert not np.allclose(outputs, _numbers(learning(faces, training=True)), atol=1e-3)  # batch statistics differ
+
+
+def test_residual_adds_a_skip_connection_around_each_blocks_last_two_convolutions(tmp_path):
+    import evaluate
+
+    config = copy.deepcopy(DEFAULTS)
+    config["model"].update(filters=[8, 16, 32], dense=[16])
+    config["train"]["augment"].update(flip=True, crop=44)
+    plain = build_model(config)
+    config["model"]["residual"] = True
+    residual = build_model(config)
+    assert residual.count_params() == plain.count_params()
+    assert [tuple(w.shape) for w in residual.weights] == [tuple(w.shape) for w in plain.weights]
+    adds = [layer for layer in residual.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 2 and not any(isinstance(layer, keras.layers.Add) for layer in plain.layers)
+    faces = np.random.default_rng(4).random((3, 48, 48, 1)).astype("float32")
+    for add, filters in zip(adds, (16, 32)):
+        skip, branch = (tensor._keras_history[0] for tensor in add.input)
+        # The skip comes from the block's first convolution, the branch from two more, whose last normalization
+        # starts at zero, so that each block starts as its first convolution alone.
+        assert isinstance(skip, keras.layers.BatchNormalization) and isinstance(branch, keras.layers.BatchNormalization)
+        assert skip.input._keras_history[0].filters == filters
+        convs = branch.input._keras_history[0], branch.input._keras_history[0].input._keras_history[0].input._keras_history[0]
+        assert all(isinstance(conv, keras.layers.Conv2D) and conv.filters == filters for conv in convs)
+        assert np.all(_numbers(branch.gamma) == 0) and np.all(_numbers(skip.gamma) == 1)
+        inputs, outputs = keras.Model(residual.inputs, [skip.output, add.output]).predict(faces, verbose=0)
+        np.testing.assert_allclose(outputs, inputs, atol=1e-6)
+    # A plain Keras file like any other: it loads without our code, and ten-crop finds its crop.
+    residual.save(tmp_path / "residual.keras")
+    reloaded = keras.saving.load_model(tmp_path / "residual.keras")
+    np.testing.assert_allclose(reloaded.predict(faces, verbose=0), residual.predict(faces, verbose=0), atol=1e-6)
+    assert evaluate.crop_layer(reloaded) is not None
