@@ -226,6 +226,13 @@ def limit_rows(faces, limit):
     return faces.select(keep)
 
 
+def face_keys(images):
+    """A 64-bit key per face, from its pixels alone (BLAKE2b): the same face has the same key in any copy of the
+    data with the same pixels, whatever its row or Usage."""
+    return np.frombuffer(b"".join(hashlib.blake2b(face.tobytes(), digest_size=8).digest() for face in images),
+                         "<u8").copy()
+
+
 def counts_table(faces):
     """Images per Usage (rows) x emotion (columns), with totals."""
     import pandas as pd

@@ -4,6 +4,7 @@
     python evaluate.py --checkpoint RUN/model.json [--weights RUN/model.weights.h5]
     python evaluate.py --checkpoint model.json --weights model.h5       # the 2018 notebook's own files
     python evaluate.py --checkpoint A/best.keras B/best.keras --tta tencrop   # an ensemble: probabilities averaged
+    python evaluate.py --checkpoint A/best.keras [B/best.keras] --soft-labels teacher.npz   # a teacher, as a file
 
 Prints the accuracy and a per-class report, and writes metrics.json and confusion_matrix.png beside the
 checkpoint (or in --out; for the model shipped in models/, in runs/evaluate-<its name>/). For a checkpoint not
@@ -57,6 +58,44 @@ def predict_probabilities(model, images, batch_size=256, tta=None):
             batch = np.concatenate([batch, np.zeros((padding, *batch.shape[1:]), batch.dtype)])
         outputs.append(keras.ops.convert_to_numpy(model.predict_on_batch(batch))[:len(batch) - padding])
     return np.concatenate(outputs).astype(np.float32)
+
+
+def teacher_probabilities(models, images):
+    """What teachers say of each face (train.distill): the mean over `models` of each one's probabilities for the
+    face and its mirror image, and its ten crops where the model crops its input."""
+    return np.mean([predict_probabilities(model, images, tta="flip" if crop_layer(model) is None else "tencrop")
+                    for model in models], axis=0)
+
+
+def write_soft_labels(models, faces, path):
+    """A teacher as a file, for train.distill.teachers: teacher_probabilities for every Training and PublicTest
+    face (what any protocol trains on), in float16, each under its face's key (data.face_keys), so that a run on
+    any copy of FER2013 with the same pixels finds its faces. A few hundred kB where a checkpoint is megabytes."""
+    faces = faces.select(faces.usage != data.PRIVATE_TEST)
+    probabilities = teacher_probabilities(models, faces.images)
+    with replaced_atomically(path) as temporary, open(temporary, "wb") as f:
+        np.savez_compressed(f, keys=data.face_keys(faces.images), probabilities=probabilities.astype(np.float16))
+    return len(faces)
+
+
+def read_soft_labels(path, images):
+    """The probabilities a soft-label file (write_soft_labels) holds for each of `images`, found by its key."""
+    if not os.path.isfile(path):
+        raise UserError(f"teacher {path} not found")
+    try:
+        with np.load(path) as archive:
+            keys, probabilities = archive["keys"], archive["probabilities"]
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"teacher {path}: not a soft-label file from evaluate.py --soft-labels ({error})") from None
+    order = np.argsort(keys, kind="stable")
+    keys, probabilities = keys[order], probabilities[order]
+    wanted = data.face_keys(images)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    missing = int(np.sum(keys[at] != wanted))
+    if missing:
+        raise UserError(f"teacher {path} has no probabilities for {missing} of the {len(images)} training faces "
+                        "(made from another fer2013.csv?)")
+    return probabilities[at].astype(np.float32)
 
 
 def crop_layer(model):
@@ -220,6 +259,10 @@ def main(argv=None):
     parser.add_argument("--tta", nargs="?", const="flip", choices=("flip", "tencrop"),
                         help="test-time augmentation: flip (the default) averages each face with its mirror image; "
                              "tencrop, for a model trained with train.augment.crop, its ten crops")
+    parser.add_argument("--soft-labels", metavar="OUT.npz",
+                        help="score nothing: write what the checkpoint(s) say of every Training and PublicTest face "
+                             "(as a teacher: mirrored, and ten crops where it crops) to OUT.npz, a teacher file for "
+                             "train.distill.teachers")
     args = parser.parse_args(argv)
     if args.checkpoint is None:
         args.checkpoint = [shipped_model()]
@@ -229,6 +272,13 @@ def main(argv=None):
     models = [load_checkpoint(path, args.weights) for path in args.checkpoint]
     first = args.checkpoint[0]
     data_path, limit, cache_dir = data_for(first, args.data)
+    if args.soft_labels:
+        if not args.soft_labels.endswith(".npz") or not os.path.isdir(os.path.dirname(os.path.abspath(args.soft_labels))):
+            raise UserError(f"--soft-labels {args.soft_labels}: must be an .npz file in an existing folder")
+        count = write_soft_labels(models, data.limit_rows(data.read_faces(data_path, cache_dir), limit),
+                                  args.soft_labels)
+        print(f"wrote {args.soft_labels}: what {len(models)} teacher(s) say of {count} Training and PublicTest faces")
+        return 0
     faces = load_split(data_path, args.split, limit, cache_dir)
     metrics, probabilities = evaluate_model(models, faces, args.split, args.batch_size, args.tta)
     ensemble = {"ensemble": args.checkpoint} if len(models) > 1 else {}

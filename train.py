@@ -127,17 +127,15 @@ def make_model(config, run_dir, state, init_weights, steps_per_execution=1):
 
 def distilled_targets(options, faces):
     """train.distill's target for each training face: (1 - weight) x its one-hot label + weight x the teachers'
-    mean probabilities for it, each teacher scoring the face and its mirror image (and its ten crops, where the
-    teacher crops its input) as evaluate.py --tta does; None without teachers."""
+    mean probabilities for it (evaluate.teacher_probabilities: the face and its mirror image, and its ten crops
+    where the teacher crops its input), from each teacher's checkpoint or its soft-label file
+    (evaluate.py --soft-labels, .npz); None without teachers."""
     teachers, weight = options["distill"]["teachers"], options["distill"]["weight"]
     if not teachers:
         return None
-    probabilities = []
-    for path in teachers:
-        teacher = checkpoints.load_checkpoint(path)
-        tta = "flip" if evaluate.crop_layer(teacher) is None else "tencrop"
-        probabilities.append(evaluate.predict_probabilities(teacher, faces.images, tta=tta))
-    taught = np.mean(probabilities, axis=0)
+    taught = np.mean([evaluate.read_soft_labels(path, faces.images) if path.endswith(".npz")
+                      else evaluate.teacher_probabilities([checkpoints.load_checkpoint(path)], faces.images)
+                      for path in teachers], axis=0)
     print(f"distilling from {len(teachers)} teacher(s), weight {weight}: their mean probabilities name the true "
           f"emotion of {np.mean(taught.argmax(axis=1) == faces.labels):.4f} of the {len(faces)} training faces")
     return ((1 - weight) * data.one_hot(faces.labels) + weight * taught).astype(np.float32)

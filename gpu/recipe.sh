@@ -6,8 +6,8 @@
 #
 #     run(command="bash gpu/recipe.sh", carry=[".whl", ".device"], timeout_s=590)
 #
-# gpu/carry.sh fills .whl and .device first. Comes back: results.tgz (results/<name>/), the shipped model and its
-# card, the logs. On a CPU, to try it:
+# gpu/carry.sh fills .whl and .device first. Comes back: results.tgz (results/<name>/, with teacher.npz, what the
+# run's best checkpoint says of each training face), the shipped model and its card, the logs. On a CPU, to try it:
 # OUT=/tmp/out RESULTS=/tmp/results TRAIN_SECONDS=60 MAX_EPOCHS=4 LIMIT=300 bash gpu/recipe.sh
 # Once a recipe is chosen, its retrain on Training+PublicTest with the same epochs and no checkpoint choice:
 # EPOCHS=<the chosen run's> NAME=improved-gpu-retrain EXTRA="<its extras> --set data.protocol=retrain
@@ -58,6 +58,9 @@ for checkpoint in best last; do
     python3 evaluate.py --checkpoint /tmp/runs/$NAME/$checkpoint.keras --tta tencrop | head -1
 done
 python3 results.py /tmp/runs/$NAME --out $RESULTS/$NAME --notebook-log .device/training_log.csv | tail -3
+# The best checkpoint as a teacher file (a few hundred kB), so that a later call distils from this run without
+# carrying its checkpoint: EXTRA="--set train.distill.teachers=[results/<run>/teacher.npz,...]".
+python3 evaluate.py --checkpoint /tmp/runs/$NAME/best.keras --soft-labels $RESULTS/$NAME/teacher.npz | tail -1
 tar czf "$OUT/results.tgz" $RESULTS/$NAME $RESULTS/${NAME}_vs_notebook.png 2>/dev/null || tar czf "$OUT/results.tgz" $RESULTS/$NAME
 python3 ship.py /tmp/runs/$NAME/best.keras /tmp/ship/fer2013-$NAME.keras --data /tmp/fer2013.csv
 cp /tmp/ship/fer2013-$NAME.keras /tmp/ship/README.md "$OUT/"

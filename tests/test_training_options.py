@@ -102,6 +102,18 @@ def test_distillation_mixes_the_teachers_probabilities_into_the_targets(trained_
     targets = train.distilled_targets(config["train"], training)
     np.testing.assert_allclose(targets, 0.7 * np.eye(7)[training.labels] + 0.3 * probabilities, atol=1e-5)
     assert train.distilled_targets(small_config()["train"], training) is None
+    # The same teacher as a soft-label file: the same targets, up to float16, found by each face's pixels.
+    assert evaluate.main(["--checkpoint", str(teacher), "--data", str(synthetic_csv),
+                          "--soft-labels", str(tmp_path / "teacher.npz")]) == 0
+    from_file = copy.deepcopy(config["train"])
+    from_file["distill"]["teachers"] = [str(tmp_path / "teacher.npz")]
+    np.testing.assert_allclose(train.distilled_targets(from_file, training), targets, atol=2e-3)
+    reversed_faces = training.select(np.arange(len(training))[::-1])
+    np.testing.assert_allclose(train.distilled_targets(from_file, reversed_faces), targets[::-1], atol=2e-3)
+    altered = training.images.copy()
+    altered[0, 0, 0] ^= 1
+    with pytest.raises(UserError, match=f"has no probabilities for 1 of the {len(training)} training faces"):
+        evaluate.read_soft_labels(str(tmp_path / "teacher.npz"), altered)
 
 
 def test_label_smoothing_is_in_the_loss():
