@@ -58,10 +58,15 @@ for checkpoint in best last; do
     python3 evaluate.py --checkpoint /tmp/runs/$NAME/$checkpoint.keras --tta tencrop | head -1
 done
 python3 results.py /tmp/runs/$NAME --out $RESULTS/$NAME --notebook-log .device/training_log.csv | tail -3
-# The best checkpoint as a teacher file (a few hundred kB), so that a later call distils from this run without
-# carrying its checkpoint: EXTRA="--set train.distill.teachers=[results/<run>/teacher.npz,...]".
-python3 evaluate.py --checkpoint /tmp/runs/$NAME/best.keras --soft-labels $RESULTS/$NAME/teacher.npz | tail -1
-tar czf "$OUT/results.tgz" $RESULTS/$NAME $RESULTS/${NAME}_vs_notebook.png 2>/dev/null || tar czf "$OUT/results.tgz" $RESULTS/$NAME
+publish() {  # results.tgz: what results.py published (again, once teacher.npz is there), replaced whole
+    { tar czf /tmp/results.tgz $RESULTS/$NAME $RESULTS/${NAME}_vs_notebook.png 2>/dev/null \
+        || tar czf /tmp/results.tgz $RESULTS/$NAME; } && mv /tmp/results.tgz "$OUT/results.tgz"
+}
+publish
 python3 ship.py /tmp/runs/$NAME/best.keras /tmp/ship/fer2013-$NAME.keras --data /tmp/fer2013.csv
 cp /tmp/ship/fer2013-$NAME.keras /tmp/ship/README.md "$OUT/"
+# The best checkpoint as a teacher file (a few hundred kB), so that a later call distils from this run without
+# carrying its checkpoint: EXTRA="--set train.distill.teachers=[results/<run>/teacher.npz,...]".
+python3 evaluate.py --checkpoint /tmp/runs/$NAME/best.keras --soft-labels $RESULTS/$NAME/teacher.npz | tail -1 \
+    && publish
 echo "done in $((SECONDS - start)) s"

@@ -80,3 +80,10 @@ def test_importing_a_module_sets_no_environment_variable():
                               "print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"], cwd=ROOT, capture_output=True, text=True,
                              env=env)
     assert started.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("script", sorted(path.name for path in (ROOT / "gpu").glob("*.sh")))
+def test_the_gpu_scripts_parse(script):
+    """They run only on a lent GPU machine: bash at least reads each one whole."""
+    result = subprocess.run(["bash", "-n", str(ROOT / "gpu" / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
