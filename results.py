@@ -6,8 +6,8 @@
     python results.py table                                 # the README's Results table, from results/*/
 
 Copies what train.py wrote (config.yaml, environment.json, history.csv, metrics*.json) and the predictions
-(predictions*.csv.gz: train.py's predictions*.csv without the true-label column, gzipped so that the repository stays
-small enough to travel to a lent GPU; FER2013's labels stay out of the repository, and anyone with fer2013.csv
+(predictions*.csv.gz: train.py's predictions*.csv without the true-label column, gzipped, with the faces'
+fingerprints kept once in faces.csv.gz, so that the repository stays small enough to travel to a lent GPU; FER2013's labels stay out of the repository, and anyone with fer2013.csv
 recomputes every metric from the rest), writes checkpoints.sha256 for best.keras and last.keras and
 summary.json (scores, plateau, validation accuracy at epochs 20/40/60/100, hours and CPU of each part of the
 run, the epoch at which the notebook's EarlyStopping as written would have stopped it), and draws the run's
@@ -28,6 +28,7 @@ from common import (UserError, exit_on_user_error, native_stderr_held, pyplot, r
                     without_home, write_text)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FACES = "faces.csv.gz"  # the fingerprints of the faces that the predictions files share
 NOTEBOOK_LOG = os.path.join(HERE, "..", "shared", "notebook", "training_log.csv")
 NOTEBOOK_SCORE = 0.63165  # the published PrivateTest accuracy of the final weights
 MILESTONES = (20, 40, 60, 100)
@@ -237,13 +238,8 @@ def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
         copy_without_home(os.path.join(run_dir, name), os.path.join(out_dir, name))
     for path in sorted(glob.glob(os.path.join(run_dir, "metrics*.json"))):
         copy_without_home(path, os.path.join(out_dir, os.path.basename(path)))
-    for path in sorted(glob.glob(os.path.join(run_dir, "predictions*.csv"))):
-        table = pd.read_csv(path).drop(columns=["true"])
-        target = os.path.join(out_dir, os.path.basename(path))
-        with replaced_atomically(target + ".gz") as temporary, open(temporary, "wb") as f:
-            f.write(gzip.compress(table.to_csv(index=False).encode(), mtime=0))  # no name, no time: the same bytes
-        if os.path.exists(target):
-            os.remove(target)  # an earlier publication's, uncompressed
+    write_predictions({os.path.basename(path): pd.read_csv(path).drop(columns=["true"])
+                       for path in sorted(glob.glob(os.path.join(run_dir, "predictions*.csv")))}, out_dir)
     summary = summarize(run_dir, history, notebook)
     checksums = os.path.join(out_dir, "checkpoints.sha256")
     kept = [name for name in ("best.keras", "last.keras") if os.path.exists(os.path.join(run_dir, name))]
@@ -256,6 +252,31 @@ def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
     plot_against_notebook(history, notebook, summary, picture)
     print(f"wrote {out_dir}/ and {picture}")
     return summary
+
+
+def write_predictions(tables, out_dir):
+    """Each {name: table} as out_dir/<name>.gz, gzipped with no name and no time in it (the same bytes for the same
+    table). The faces' fingerprints, the same in every file of one split, are kept once, in faces.csv.gz (row, face):
+    a file whose rows and faces are those drops its face column."""
+    shared = None
+    if os.path.exists(os.path.join(out_dir, FACES)):
+        os.remove(os.path.join(out_dir, FACES))  # an earlier publication's
+    for name, table in tables.items():
+        if "face" in table.columns:
+            if shared is None:
+                shared = table[["row", "face"]]
+                _write_gzipped(shared, os.path.join(out_dir, FACES))
+            if table["row"].equals(shared["row"]) and table["face"].equals(shared["face"]):
+                table = table.drop(columns=["face"])
+        target = os.path.join(out_dir, name.removesuffix(".gz"))
+        _write_gzipped(table, target + ".gz")
+        if os.path.exists(target):
+            os.remove(target)  # an earlier publication's, uncompressed
+
+
+def _write_gzipped(table, path):
+    with replaced_atomically(path) as temporary, open(temporary, "wb") as f:
+        f.write(gzip.compress(table.to_csv(index=False).encode(), mtime=0))
 
 
 def check(out_dir, data_path):
@@ -278,6 +299,11 @@ def check(out_dir, data_path):
         if not os.path.isfile(predictions_path):
             raise UserError(f"{metrics_path}: no {os.path.basename(predictions_path)} beside it")
         table = pd.read_csv(predictions_path)
+        if "face" not in table.columns and os.path.isfile(os.path.join(out_dir, FACES)):
+            shared = pd.read_csv(os.path.join(out_dir, FACES))
+            if not table["row"].equals(shared["row"]):
+                raise UserError(f"{predictions_path}: its rows are not those of {FACES} beside it")
+            table["face"] = shared["face"]
         split = faces.select(faces.usage == data.USAGES.index(metrics["split"]))
         predicted = table["predicted"].to_numpy()
         if "face" in table.columns:  # each prediction finds its face by its fingerprint, in any row order

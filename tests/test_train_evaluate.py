@@ -182,6 +182,8 @@ def test_results_keep_the_run_and_every_metric_recomputes(trained_run, synthetic
     # FER2013's labels stay out of results/: the predictions carry no true label, and recompute with the data's.
     predictions = pd.read_csv(out / "predictions-last.csv.gz")
     assert "true" not in predictions.columns and len(predictions) == 200
+    # The faces' fingerprints, the same in both files, are kept once beside them.
+    assert "face" not in predictions.columns and len(pd.read_csv(out / "faces.csv.gz")) == 200
     header = (out / "predictions-last.csv.gz").read_bytes()[:10]  # gzip, with no file name and no time in it
     assert header[:3] == b"\x1f\x8b\x08" and header[3] == 0 and header[4:8] == bytes(4)
     _, _, test = data.split(data.read_faces(synthetic_csv), "notebook", 0.2)
