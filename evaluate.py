@@ -273,7 +273,8 @@ def main(argv=None):
     first = args.checkpoint[0]
     data_path, limit, cache_dir = data_for(first, args.data)
     if args.soft_labels:
-        if not args.soft_labels.endswith(".npz") or not os.path.isdir(os.path.dirname(os.path.abspath(args.soft_labels))):
+        folder = os.path.dirname(os.path.abspath(args.soft_labels))
+        if not args.soft_labels.endswith(".npz") or not os.path.isdir(folder):
             raise UserError(f"--soft-labels {args.soft_labels}: must be an .npz file in an existing folder")
         count = write_soft_labels(models, data.limit_rows(data.read_faces(data_path, cache_dir), limit),
                                   args.soft_labels)

@@ -6,9 +6,9 @@
     python results.py table                                 # the README's Results table, from results/*/
 
 Copies what train.py wrote (config.yaml, environment.json, history.csv, metrics*.json) and the predictions
-(predictions*.csv.gz: train.py's predictions*.csv without the true-label column, gzipped, with the faces'
-fingerprints kept once in faces.csv.gz, so that the repository stays small enough to travel to a lent GPU; FER2013's labels stay out of the repository, and anyone with fer2013.csv
-recomputes every metric from the rest), writes checkpoints.sha256 for best.keras and last.keras and
+(predictions.py: without the true-label column, gzipped, the faces' fingerprints kept once, so that the
+repository stays small enough to travel to a lent GPU; FER2013's labels stay out of the repository, and anyone
+with fer2013.csv recomputes every metric from the rest), writes checkpoints.sha256 for best.keras and last.keras and
 summary.json (scores, plateau, validation accuracy at epochs 20/40/60/100, hours and CPU of each part of the
 run, the epoch at which the notebook's EarlyStopping as written would have stopped it), and draws the run's
 validation curve over the published one. An unfinished run gets its curve and history only, so that the
@@ -16,7 +16,6 @@ epochs done so far outlast the machine they ran on.
 """
 import argparse
 import glob
-import gzip
 import json
 import os
 import shlex
@@ -24,11 +23,11 @@ import sys
 
 import numpy as np
 
-from common import (UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure, sha256,
+import predictions
+from common import (UserError, exit_on_user_error, native_stderr_held, pyplot, save_figure, sha256,
                     without_home, write_text)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FACES = "faces.csv.gz"  # the fingerprints of the faces that the predictions files share
 NOTEBOOK_LOG = os.path.join(HERE, "..", "shared", "notebook", "training_log.csv")
 NOTEBOOK_SCORE = 0.63165  # the published PrivateTest accuracy of the final weights
 MILESTONES = (20, 40, 60, 100)
@@ -238,7 +237,7 @@ def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
         copy_without_home(os.path.join(run_dir, name), os.path.join(out_dir, name))
     for path in sorted(glob.glob(os.path.join(run_dir, "metrics*.json"))):
         copy_without_home(path, os.path.join(out_dir, os.path.basename(path)))
-    write_predictions({os.path.basename(path): pd.read_csv(path).drop(columns=["true"])
+    predictions.write({os.path.basename(path): pd.read_csv(path).drop(columns=["true"])
                        for path in sorted(glob.glob(os.path.join(run_dir, "predictions*.csv")))}, out_dir)
     summary = summarize(run_dir, history, notebook)
     checksums = os.path.join(out_dir, "checkpoints.sha256")
@@ -252,82 +251,6 @@ def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
     plot_against_notebook(history, notebook, summary, picture)
     print(f"wrote {out_dir}/ and {picture}")
     return summary
-
-
-def write_predictions(tables, out_dir):
-    """Each {name: table} as out_dir/<name>.gz, gzipped with no name and no time in it (the same bytes for the same
-    table). The faces' fingerprints, the same in every file of one split, are kept once, in faces.csv.gz (row, face):
-    a file whose rows and faces are those drops its face column."""
-    shared = None
-    if os.path.exists(os.path.join(out_dir, FACES)):
-        os.remove(os.path.join(out_dir, FACES))  # an earlier publication's
-    for name, table in tables.items():
-        if "face" in table.columns:
-            if shared is None:
-                shared = table[["row", "face"]]
-                _write_gzipped(shared, os.path.join(out_dir, FACES))
-            if table["row"].equals(shared["row"]) and table["face"].equals(shared["face"]):
-                table = table.drop(columns=["face"])
-        target = os.path.join(out_dir, name.removesuffix(".gz"))
-        _write_gzipped(table, target + ".gz")
-        if os.path.exists(target):
-            os.remove(target)  # an earlier publication's, uncompressed
-
-
-def _write_gzipped(table, path):
-    with replaced_atomically(path) as temporary, open(temporary, "wb") as f:
-        f.write(gzip.compress(table.to_csv(index=False).encode(), mtime=0))
-
-
-def check(out_dir, data_path):
-    """Recompute every metrics*.json in out_dir from its predictions*.csv and the split's true labels in
-    data_path (fer2013.csv); raises UserError on any difference. Returns the files checked."""
-    import pandas as pd
-
-    import data
-    import fingerprint
-
-    faces = data.read_faces(data_path, None)
-    checked = []
-    for metrics_path in sorted(glob.glob(os.path.join(out_dir, "metrics*.json"))):
-        with open(metrics_path, encoding="utf-8") as f:
-            metrics = json.load(f)
-        predictions_path = os.path.join(out_dir, os.path.basename(metrics_path).replace("metrics", "predictions")
-                                        .replace(".json", ".csv.gz"))
-        if not os.path.isfile(predictions_path) and os.path.isfile(predictions_path[:-3]):
-            predictions_path = predictions_path[:-3]  # published uncompressed
-        if not os.path.isfile(predictions_path):
-            raise UserError(f"{metrics_path}: no {os.path.basename(predictions_path)} beside it")
-        table = pd.read_csv(predictions_path)
-        if "face" not in table.columns and os.path.isfile(os.path.join(out_dir, FACES)):
-            shared = pd.read_csv(os.path.join(out_dir, FACES))
-            if not table["row"].equals(shared["row"]):
-                raise UserError(f"{predictions_path}: its rows are not those of {FACES} beside it")
-            table["face"] = shared["face"]
-        split = faces.select(faces.usage == data.USAGES.index(metrics["split"]))
-        predicted = table["predicted"].to_numpy()
-        if "face" in table.columns:  # each prediction finds its face by its fingerprint, in any row order
-            where = f"{data_path} ({metrics['split']})"
-            rows = fingerprint.match(fingerprint.decode(list(table["face"])), predicted, split.images, split.labels,
-                                     where)
-        else:  # files written before fingerprints: the face's position within its split
-            rows = table["row"].to_numpy()
-        truth = split.labels.astype(np.int64)[rows]
-        probabilities = table[[f"p_{name}" for name in data.EMOTIONS]].to_numpy()
-        counts = np.zeros((len(data.EMOTIONS),) * 2, np.int64)
-        np.add.at(counts, (truth, predicted), 1)
-        found = {"rows": (len(table), metrics["n"], len(split)),
-                 "accuracy": (round(float(np.mean(predicted == truth)), 6), round(metrics["accuracy"], 6)),
-                 "confusion_matrix": (counts.tolist(), metrics["confusion_matrix"]),
-                 "predicted = argmax of the probabilities": (True, bool(np.all(
-                     probabilities[np.arange(len(table)), predicted] >= probabilities.max(axis=1) - 1e-6)))}
-        for what, (ours, theirs, *more) in found.items():
-            if ours != theirs or any(value != ours for value in more):
-                raise UserError(f"{predictions_path}: {what} recomputes to {ours}, {metrics_path} says {theirs}")
-        checked.append(predictions_path)
-    if not checked:
-        raise UserError(f"{out_dir}: no metrics*.json to check")
-    return checked
 
 
 PUBLISHED_ROW = ("the notebook (2018, Keras 2.1.6), published", "0.6317 / -", "-", "0.6263 (87)", "2.1",
@@ -399,7 +322,7 @@ def main(argv=None):
     if not os.path.isdir(args.run):
         raise UserError(f"{args.run}: no such folder")
     if args.check:
-        for path in check(args.run, args.check):
+        for path in predictions.check(args.run, args.check):
             print(f"{path}: recomputes to its metrics")
         return 0
     out_dir = args.out or os.path.join(HERE, "results", os.path.basename(os.path.normpath(args.run)))

@@ -9,9 +9,9 @@
 #     run(command="bash gpu/ingredients.sh", carry=[".whl", ".device"], timeout_s=590)
 #
 # gpu/carry.sh fills .whl and .device first. Comes back: ingredients.md (per run: best and last PublicTest
-# accuracy, the best epoch, seconds with PARALLEL at once), histories.tgz (each run's history.csv, config.yaml, environment.json), the
-# logs of failed runs. On a CPU, to try it: OUT=/tmp/out EPOCHS=4 LIMIT=600 VARIANTS="|--set train.mixup=0.2"
-# PARALLEL=1 bash gpu/ingredients.sh
+# accuracy, the best epoch, seconds with PARALLEL at once), histories.tgz (each run's history.csv, config.yaml,
+# environment.json), the logs of failed runs. On a CPU, to try it:
+# OUT=/tmp/out EPOCHS=4 LIMIT=600 VARIANTS="|--set train.mixup=0.2" PARALLEL=1 bash gpu/ingredients.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 CONFIG=${CONFIG:-configs/improved-gpu.yaml}
@@ -31,8 +31,8 @@ IFS='|' read -r -a variants <<< "$VARIANTS"
 ingredient() {  # ingredient INDEX: train one variant, then its table row into /tmp/runs/row<INDEX>
     local i=$1 t0=$SECONDS
     # shellcheck disable=SC2086
-    timeout -s TERM $((BUDGET - (SECONDS - start))) python3 train.py --config "$CONFIG" --set data.path=/tmp/fer2013.csv \
-        --set data.limit=$LIMIT --set train.epochs=$EPOCHS ${variants[$i]} --set output.dir=/tmp/runs \
+    timeout -s TERM $((BUDGET - (SECONDS - start))) python3 train.py --config "$CONFIG" \
+        --set data.path=/tmp/fer2013.csv --set data.limit=$LIMIT --set train.epochs=$EPOCHS ${variants[$i]} --set output.dir=/tmp/runs \
         --set output.name=ingredient$i --no-evaluate > "/tmp/runs/ingredient$i.log" 2>&1
     local status=$?
     if [ $status -ne 0 ] && [ $status -ne 124 ]; then
@@ -60,10 +60,12 @@ for i in "${!variants[@]}"; do
 done
 wait
 {
-    echo "| run | settings beyond $CONFIG, $EPOCHS epochs | best PublicTest (epoch) | last PublicTest (epochs run) | seconds ($PARALLEL at once) |"
+    echo "| run | settings beyond $CONFIG, $EPOCHS epochs | best PublicTest (epoch) | last PublicTest (epochs run)" \
+        "| seconds ($PARALLEL at once) |"
     echo "| --- | --- | --- | --- | --- |"
     for i in "${!variants[@]}"; do cat "/tmp/runs/row$i" 2>/dev/null; done
 } > "$OUT/ingredients.md"
-(cd /tmp/runs && tar czf "$OUT/histories.tgz" ingredient*/history.csv ingredient*/config.yaml ingredient*/environment.json)
+(cd /tmp/runs && tar czf "$OUT/histories.tgz" ingredient*/history.csv ingredient*/config.yaml \
+    ingredient*/environment.json)
 cat "$OUT/ingredients.md"
 echo "done in $((SECONDS - start)) s"

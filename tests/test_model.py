@@ -192,8 +192,9 @@ def test_residual_adds_a_skip_connection_around_each_blocks_last_two_convolution
         # starts at zero, so that each block starts as its first convolution alone.
         assert isinstance(skip, keras.layers.BatchNormalization) and isinstance(branch, keras.layers.BatchNormalization)
         assert skip.input._keras_history[0].filters == filters
-        convs = branch.input._keras_history[0], branch.input._keras_history[0].input._keras_history[0].input._keras_history[0]
-        assert all(isinstance(conv, keras.layers.Conv2D) and conv.filters == filters for conv in convs)
+        last = branch.input._keras_history[0]
+        first = last.input._keras_history[0].input._keras_history[0]  # before the normalization between them
+        assert all(isinstance(conv, keras.layers.Conv2D) and conv.filters == filters for conv in (first, last))
         assert np.all(_numbers(branch.gamma) == 0) and np.all(_numbers(skip.gamma) == 1)
         inputs, outputs = keras.Model(residual.inputs, [skip.output, add.output]).predict(faces, verbose=0)
         np.testing.assert_allclose(outputs, inputs, atol=1e-6)

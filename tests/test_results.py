@@ -11,6 +11,7 @@ import pytest
 
 import data
 import fingerprint
+import predictions
 import results
 from common import UserError
 from conftest import ROOT, assert_user_error, run_script
@@ -65,14 +66,14 @@ def fer2013_moved(fer2013_faces, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_committed_results_recompute_from_fer2013_labels(folder, fer2013_csv):
-    checked = results.check(ROOT / "results" / folder, fer2013_csv)
+    checked = predictions.check(ROOT / "results" / folder, fer2013_csv)
     assert checked and all(Path(path).name.startswith("predictions") for path in checked)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_committed_results_recompute_from_a_reordered_jittered_copy(folder, fer2013_moved):
-    assert results.check(ROOT / "results" / folder, fer2013_moved)
+    assert predictions.check(ROOT / "results" / folder, fer2013_moved)
 
 
 @pytest.mark.slow
@@ -83,7 +84,7 @@ def test_a_committed_prediction_changed_fails_the_check(fer2013_moved, tmp_path)
     table.loc[0, "predicted"] = (table.loc[0, "predicted"] + 1) % 7
     table.to_csv(folder / "predictions-last.csv.gz", index=False)
     with pytest.raises(UserError, match="recomputes to"):
-        results.check(folder, fer2013_moved)
+        predictions.check(folder, fer2013_moved)
 
 
 def synthetic_results(folder, faces, split="PrivateTest"):
@@ -105,13 +106,13 @@ def synthetic_results(folder, faces, split="PrivateTest"):
 def test_predictions_find_their_faces_in_any_order_and_fail_when_faces_are_missing(synthetic_csv, tmp_path):
     faces = data.read_faces(synthetic_csv, None)
     folder = synthetic_results(tmp_path, faces)
-    assert results.check(folder, synthetic_csv)
-    assert results.check(folder, moved_copy(faces, tmp_path / "moved.csv"))
+    assert predictions.check(folder, synthetic_csv)
+    assert predictions.check(folder, moved_copy(faces, tmp_path / "moved.csv"))
     # The copy without 3 of the split's faces: a clear message, not a wrong figure.
     private = np.flatnonzero(faces.usage == data.USAGES.index("PrivateTest"))
     data.write_csv(tmp_path / "fewer.csv", faces.select(np.setdiff1d(np.arange(len(faces)), private[:3])))
     with pytest.raises(UserError, match="3 of the 200 faces predicted are not in"):
-        results.check(folder, tmp_path / "fewer.csv")
+        predictions.check(folder, tmp_path / "fewer.csv")
 
 
 def test_two_alike_faces_with_other_labels_and_other_predictions_are_ambiguous():
