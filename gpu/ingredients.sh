@@ -32,8 +32,8 @@ ingredient() {  # ingredient INDEX: train one variant, then its table row into /
     local i=$1 t0=$SECONDS
     # shellcheck disable=SC2086
     timeout -s TERM $((BUDGET - (SECONDS - start))) python3 train.py --config "$CONFIG" \
-        --set data.path=/tmp/fer2013.csv --set data.limit=$LIMIT --set train.epochs=$EPOCHS ${variants[$i]} --set output.dir=/tmp/runs \
-        --set output.name=ingredient$i --no-evaluate > "/tmp/runs/ingredient$i.log" 2>&1
+        --set data.path=/tmp/fer2013.csv --set data.limit=$LIMIT --set train.epochs=$EPOCHS ${variants[$i]} \
+        --set output.dir=/tmp/runs --set output.name=ingredient$i --no-evaluate > "/tmp/runs/ingredient$i.log" 2>&1
     local status=$?
     if [ $status -ne 0 ] && [ $status -ne 124 ]; then
         echo "variant $i failed"; cp "/tmp/runs/ingredient$i.log" "$OUT/"; return
