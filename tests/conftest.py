@@ -56,8 +56,14 @@ def make_rows(usages, seed=0):
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
-    """The data cache of every test and every script they run lives in a temporary folder, not the user's."""
+    """The data cache of every test and every script they run lives in a temporary folder, not the user's. The
+    scripts run on JAX share one persistent compilation cache (both test processes, as gpu/prepare.sh does for a
+    GPU call's runs): a run that compiles what an earlier one did loads it instead, to the same executable."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=str(shared / "jax-cache"),
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 @pytest.fixture(scope="session")
