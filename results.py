@@ -259,49 +259,84 @@ TABLE_HEADER = ("run", "PrivateTest: final weights / best checkpoint", "ten crop
                 "best validation accuracy (epoch)", "hours", "machine, backend, precision", "commit", "status")
 
 
+def _read_json(folder, name):
+    with open(os.path.join(folder, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _accuracy(folder, stem):
-    path = os.path.join(folder, stem)
-    if not os.path.isfile(path):
+    return _read_json(folder, stem)["accuracy"] if os.path.isfile(os.path.join(folder, stem)) else None
+
+
+def _figure(values):
+    """One run's figure, or the mean ± sample standard deviation of several; '-' where a run lacks it."""
+    if any(value is None for value in values):
         return "-"
-    with open(path, encoding="utf-8") as f:
-        return f"{json.load(f)['accuracy']:.4f}"
+    return f"{values[0]:.4f}" if len(values) == 1 else f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
 
-def table_row(folder):
-    """One row of the Results table from a results folder: its summary.json, environment.json and metrics*.json."""
-    with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
-        summary = json.load(f)
-    with open(os.path.join(folder, "environment.json"), encoding="utf-8") as f:
-        environment = json.load(f)
+def _command(environment):
+    """(the config, its --set options but the data path and output ones, and the seed set there, if any)."""
     words = shlex.split(environment.get("command") or "")
     flags = {flag: value for flag, value in zip(words, words[1:]) if flag.startswith("--")}
     settings = [value for flag, value in zip(words, words[1:]) if flag == "--set"
                 and not value.startswith(("data.path=", "output."))]
     if "--init-weights" in flags:
         settings.append("from " + "/".join(flags["--init-weights"].split("/")[-2:]))
-    config = f"`{flags.get('--config', '?')}`" + (f" ({', '.join(settings)})" if settings else "")
-    scores = " / ".join(f"{summary[key]:.4f}" if key in summary else "-" for key in
+    seeds = [value.split("=", 1)[1] for value in settings if value.startswith("train.seed=")]
+    return flags.get("--config", "?"), settings, seeds[-1] if seeds else None
+
+
+def _config_cell(config, settings):
+    return f"`{config}`" + (f" ({', '.join(settings)})" if settings else "")
+
+
+def table_row(*folders):
+    """One row of the Results table from a results folder (its summary.json, environment.json and metrics*.json),
+    or from several finished runs that differ in train.seed alone: then each figure is their mean ± sd."""
+    summaries = [_read_json(folder, "summary.json") for folder in folders]
+    environment, summary, part = _read_json(folders[0], "environment.json"), summaries[0], summaries[0]["parts"][0]
+    config, settings, _ = _command(environment)
+    named = ", ".join(f"`results/{summary['run']}/`" for summary in summaries)
+    if len(folders) > 1:
+        seeds = ", ".join(_command(_read_json(folder, "environment.json"))[2] for folder in folders)
+        settings = [value for value in settings if not value.startswith("train.seed=")]
+        named = f"seeds {seeds}: {named}"
+    scores = " / ".join(_figure([summary.get(key) for summary in summaries]) for key in
                         ("final_weights_PrivateTest_accuracy", "best_checkpoint_PrivateTest_accuracy"))
-    tencrop = f"{_accuracy(folder, 'metrics-last-tencrop.json')} / {_accuracy(folder, 'metrics-tencrop.json')}"
-    part = summary["parts"][0]
+    tencrop = " / ".join(_figure([_accuracy(folder, stem) for folder in folders])
+                         for stem in ("metrics-last-tencrop.json", "metrics-tencrop.json"))
+    validation = _figure([summary["best_val_accuracy"] for summary in summaries])
+    epochs = ", ".join(str(summary["best_val_accuracy_epoch"]) for summary in summaries)
     device = (part.get("devices") or "").split("; ")[-1].split(" (")[0]
     machine = device if "gpu" in (part.get("devices") or "") else \
         f"{environment.get('cpu_cores') or '?'}-core {part.get('cpu')} (family/model {part.get('cpu_family_model')})"
-    precisions = ", ".join(sorted({p.get("precision") for p in summary["parts"]}))
-    machine = f"{machine}, {environment.get('backend', '?')}, {precisions}"
-    commits = ", ".join(dict.fromkeys((p.get("commit") or "?")[:7] for p in summary["parts"]))
+    precisions = ", ".join(sorted({p.get("precision") for s in summaries for p in s["parts"]}))
+    commits = ", ".join(dict.fromkeys((p.get("commit") or "?")[:7] for s in summaries for p in s["parts"]))
     status = ("finished" if summary["finished"]
               else f"unfinished: {summary['epochs_done']} of {summary['epochs']} epochs")
-    return (f"{config}, `results/{summary['run']}/`", scores, tencrop if tencrop != "- / -" else "-",
-            "-" if summary["best_val_accuracy"] is None else
-            f"{summary['best_val_accuracy']:.4f} ({summary['best_val_accuracy_epoch']})", f"{summary['hours']:.2f}",
-            machine, commits, status)
+    hours = f"{np.mean([summary['hours'] for summary in summaries]):.2f}"
+    if len(folders) > 1:
+        status, hours = f"finished; mean ± sd of {len(folders)} seeds", f"{hours} (mean)"
+    return (f"{_config_cell(config, settings)}, {named}", scores, "-" if tencrop == "- / -" else tencrop,
+            "-" if validation == "-" else f"{validation} ({epochs})", hours,
+            f"{machine}, {environment.get('backend', '?')}, {precisions}", commits, status)
 
 
 def results_table(folder=os.path.join(HERE, "results")):
-    """The README's Results table, in Markdown: the published notebook, then every results/*/ folder."""
+    """The README's Results table, in Markdown: the published notebook, then every results/*/ folder; finished runs
+    of one kind of machine that differ in train.seed alone share one row."""
     runs = sorted(os.path.dirname(path) for path in glob.glob(os.path.join(folder, "*", "summary.json")))
-    rows = [TABLE_HEADER, ("---",) * len(TABLE_HEADER), PUBLISHED_ROW, *map(table_row, runs)]
+    groups = {}
+    for run in runs:
+        (config, settings, seed), row = _command(_read_json(run, "environment.json")), table_row(run)
+        if seed is not None and row[-1] == "finished":
+            others = [value for value in settings if not value.startswith("train.seed=")]
+            groups.setdefault((config, *others, row[5]), []).append(run)
+        else:
+            groups[run] = [run]
+    rows = [TABLE_HEADER, ("---",) * len(TABLE_HEADER), PUBLISHED_ROW,
+            *(table_row(*group) for group in groups.values())]
     return "".join("| " + " | ".join(row) + " |\n" for row in rows)
 
 

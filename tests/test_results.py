@@ -197,3 +197,36 @@ def test_a_results_table_row_reads_the_run_it_came_from(tmp_path):
     assert results.table_row(str(folder)) == (
         "`configs/x.yaml` (train.seed=3, from old/best.keras), `results/gpu-run/`", "0.7001 / -", "- / 0.7457",
         "0.6123 (6)", "0.12", "NVIDIA H200, jax, bfloat16", "0123456", "unfinished: 7 of 10 epochs")
+
+
+def test_runs_that_differ_in_their_seed_alone_share_one_row_of_mean_and_sd(tmp_path):
+    """The faithful run's seeds: one row, each figure the mean ± sample standard deviation; an unfinished seed,
+    another setting or another machine keeps a row of its own."""
+    def write(name, seed, final, best_val, epoch, finished=True, device="NVIDIA H200", extra=""):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "environment.json").write_text(json.dumps({
+            "command": f"train.py --config config.yaml --set data.path=/tmp/f.csv --set train.seed={seed} "
+                       f"--set train.feed=device{extra} --set output.name={name}", "backend": "jax"}))
+        (folder / "summary.json").write_text(json.dumps({
+            "run": name, "finished": finished, "epochs_done": 100 if finished else 60, "epochs": 100,
+            "best_val_accuracy": best_val, "best_val_accuracy_epoch": epoch, "hours": 0.02 * seed,
+            "final_weights_PrivateTest_accuracy": final, "best_checkpoint_PrivateTest_accuracy": final - 0.05,
+            "parts": [{"commit": "abcdef0123", "precision": "mixed_float16", "devices": f"gpu:0; {device} (9.0)"}]}))
+
+    write("faithful-seed1", 1, 0.63, 0.62, 90)
+    write("faithful-seed2", 2, 0.64, 0.63, 95)
+    write("faithful-seed3", 3, 0.62, 0.64, 99)
+    write("faithful-seed4", 4, 0.60, 0.61, 50, finished=False)
+    write("faithful-h100", 5, 0.61, 0.60, 70, device="NVIDIA H100")
+    write("faithful-float32", 6, 0.62, 0.61, 80, extra=" --set train.precision=float32")
+    rows = [line.split(" | ") for line in results.results_table(str(tmp_path)).splitlines()[3:]]
+    assert [row[0].lstrip("| ") for row in rows] == [
+        "`config.yaml` (train.seed=6, train.feed=device, train.precision=float32), `results/faithful-float32/`",
+        "`config.yaml` (train.seed=5, train.feed=device), `results/faithful-h100/`",
+        "`config.yaml` (train.feed=device), seeds 1, 2, 3: `results/faithful-seed1/`, `results/faithful-seed2/`, "
+        "`results/faithful-seed3/`",
+        "`config.yaml` (train.seed=4, train.feed=device), `results/faithful-seed4/`"]
+    assert rows[2][1:] == ["0.6300 ± 0.0100 / 0.5800 ± 0.0100", "-", "0.6300 ± 0.0100 (90, 95, 99)", "0.04 (mean)",
+                           "NVIDIA H200, jax, mixed_float16", "abcdef0", "finished; mean ± sd of 3 seeds |"]
+    assert rows[3][-1] == "unfinished: 60 of 100 epochs |"
