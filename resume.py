@@ -93,16 +93,54 @@ class StopOnSignal(SignalGuard, keras.callbacks.Callback):
     on_train_batch_begin = on_test_batch_begin = on_epoch_begin = _raise_if_received
 
 
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """Keras's ModelCheckpoint, writing to a temporary name that is renamed over the checkpoint once whole."""
+def _variables(model):
+    return [*model.variables, *model.optimizer.variables]
 
-    def __init__(self, filepath, **kwargs):
-        self.final_path = filepath
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras's ModelCheckpoint, writing to a temporary name that is renamed over the checkpoint once whole.
+
+    With `hold`, an epoch to save is held in memory instead (a copy of the variables on the host) and written
+    by `flush`, which RunState calls before it writes its own state, so that the checkpoint on disk always goes
+    with the state --resume reads: a .keras file with the optimizer's slots took longer to write than a GPU's
+    epoch to train. `mode` is 'min' or 'max', and an epoch is saved when Keras's would be."""
+
+    def __init__(self, filepath, mode, hold=False, **kwargs):
+        self.final_path, self.hold, self.held = filepath, hold, None
+        self.improves = keras.ops.less if mode == "min" else keras.ops.greater
         folder, name = os.path.split(filepath)
-        super().__init__(os.path.join(folder, f"{name.partition('.')[0]}.writing.keras"), **kwargs)
+        super().__init__(os.path.join(folder, f"{name.partition('.')[0]}.writing.keras"), mode=mode, **kwargs)
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
+        if not self.hold:
+            super().on_epoch_end(epoch, logs)
+            self._replace(epoch)
+            return
+        current = (logs or {}).get(self.monitor)
+        if self.save_best_only and current is not None:
+            if self.best is not None and not bool(self.improves(current, self.best)):
+                return
+            self.best = current
+        self.held = epoch, [keras.ops.convert_to_numpy(variable) for variable in _variables(self.model)]
+
+    def flush(self):
+        """Write the epoch held in memory, if any; the model's variables are left as they were."""
+        if self.held is None:
+            return
+        epoch, values = self.held
+        variables = _variables(self.model)
+        now = [keras.ops.convert_to_numpy(variable) for variable in variables]
+        try:
+            for variable, value in zip(variables, values, strict=True):
+                variable.assign(value)
+            self.model.save(self.filepath, overwrite=True)
+        finally:
+            for variable, value in zip(variables, now, strict=True):
+                variable.assign(value)
+        self.held = None
+        self._replace(epoch)
+
+    def _replace(self, epoch):
         if os.path.exists(self.filepath):
             signal_at(f"replace {os.path.basename(self.final_path)} epoch {epoch + 1}")
             os.replace(self.filepath, self.final_path)
@@ -128,7 +166,8 @@ class RunState(keras.callbacks.Callback):
 
     With `every` > 0 seconds, an epoch that ends sooner than that after the last write is held in memory instead
     (a copy of the variables on the host), and written by `flush`: at the end of training, or when a signal or a
-    failure stops it. Only a kill that leaves no time to run (kill -9, a lost machine) loses those epochs.
+    failure stops it. Only a kill that leaves no time to run (kill -9, a lost machine) loses those epochs. A
+    checkpoint held in memory (AtomicModelCheckpoint's `hold`) is written first, whenever the state is.
     """
 
     def __init__(self, run_dir, callbacks, state=None, shuffle_seed=None, every=0):
@@ -178,9 +217,12 @@ class RunState(keras.callbacks.Callback):
             self._write()
 
     def _variables(self):
-        return [*self.model.variables, *self.model.optimizer.variables]
+        return _variables(self.model)
 
     def _write(self):
+        for callback in self.callbacks:
+            if isinstance(callback, AtomicModelCheckpoint):
+                callback.flush()
         with replaced_atomically(os.path.join(self.run_dir, self.state["weights"])) as temporary:
             self.model.save_weights(temporary)
         write_text(os.path.join(self.run_dir, STATE), json.dumps(self.state, indent=1))

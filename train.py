@@ -71,16 +71,16 @@ def make_callbacks(config, run_dir, state=None, shuffle_seed=None, state_seconds
     callbacks = [schedule]
     if training["ema"]:  # validation and the checkpoints see the weights' moving average
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    callbacks.append(resume_lib.AtomicModelCheckpoint(
-        os.path.join(run_dir, "best.keras"), monitor=monitor_name(checkpoint["monitor"]),
-        save_best_only=checkpoint["save_best_only"], mode=monitor_mode(checkpoint["monitor"])))
+    every = config["output"]["state_seconds"] if state_seconds is None else state_seconds
+    callbacks.append(resume_lib.AtomicModelCheckpoint(  # held in memory as RunState holds its state
+        os.path.join(run_dir, "best.keras"), monitor_mode(checkpoint["monitor"]), hold=every > 0,
+        monitor=monitor_name(checkpoint["monitor"]), save_best_only=checkpoint["save_best_only"]))
     if stopping["enabled"]:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor_name(stopping["monitor"]), min_delta=stopping["min_delta"],
             patience=stopping["patience"], mode=monitor_mode(stopping["monitor"]), verbose=1))
     if config["output"]["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")))
-    every = config["output"]["state_seconds"] if state_seconds is None else state_seconds
     # Last: it saves what the others did.
     callbacks.append(resume_lib.RunState(run_dir, list(callbacks), state, shuffle_seed, every))
     return callbacks

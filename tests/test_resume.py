@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import checkpoints
+import resume
 import train
 from common import TEST_SIGNAL, UserError
 from config import load_config
@@ -93,9 +94,12 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, sho
 
 def test_a_run_with_a_weight_average_resumes_exactly(tmp_path, short_data):
     """train.ema: an epoch ends with the average swapped into the model (validation and best.keras see it); a
-    kill in the next epoch and --resume swap it back before training goes on, as the uninterrupted run did."""
-    ema = [*SHORT, *short_data, "--set", "train.ema=0.9", "--set", "train.seed=2", "--set", f"output.dir={tmp_path}"]
-    whole = start(*ema, "--set", "output.name=whole")
+    kill in the next epoch and --resume swap it back before training goes on, as the uninterrupted run did. That
+    run holds its best epoch in memory until the end (HELD), the other writes it as it comes: the same best.keras."""
+    # A learning rate this high makes the first epoch's validation loss the lowest: best.keras is not last.keras.
+    ema = [*SHORT, *short_data, "--set", "train.ema=0.9", "--set", "train.seed=2", "--set", "train.learning_rate=0.05",
+           "--set", f"output.dir={tmp_path}"]
+    whole = start(*ema, *HELD, "--set", "output.name=whole")
     process = start(*ema, "--set", "output.name=broken", signal_at="SIGKILL@epoch 2 batch 2")
     process.communicate(timeout=300)
     assert process.returncode == -9 and epochs_done(tmp_path / "broken") == 1
@@ -109,6 +113,33 @@ def test_a_run_with_a_weight_average_resumes_exactly(tmp_path, short_data):
     assert history[timeless].to_csv() == whole_history[timeless].to_csv()
     for a, b in zip(weights(tmp_path / "broken" / "last.keras"), weights(tmp_path / "whole" / "last.keras")):
         np.testing.assert_array_equal(a, b)
+    assert history["val_loss"].idxmin() < 2
+    for a, b in zip(weights(tmp_path / "broken" / "best.keras"), weights(tmp_path / "whole" / "best.keras"),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_held_checkpoint_is_written_when_flushed_with_the_epoch_it_chose(tmp_path):
+    """hold: the best epoch waits in memory, and flush writes it whole, leaving the model as it is now."""
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    checkpoint = resume.AtomicModelCheckpoint(str(tmp_path / "best.keras"), "min", hold=True, monitor="val_loss",
+                                              save_best_only=True)
+    checkpoint.set_model(model)
+    chosen = model.get_weights()
+    checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+    model.set_weights([w + 1 for w in chosen])
+    checkpoint.on_epoch_end(1, {"val_loss": 2.0})  # no better: epoch 1 stays the one held
+    assert list(tmp_path.iterdir()) == [] and checkpoint.best == 1.0
+    checkpoint.flush()
+    assert [path.name for path in tmp_path.iterdir()] == ["best.keras"]
+    for a, b in zip(weights(tmp_path / "best.keras"), chosen, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(model.get_weights(), chosen, strict=True):
+        np.testing.assert_array_equal(a, b + 1)
 
 
 def test_a_resumed_jax_run_equals_an_uninterrupted_one(tmp_path, short_data):
