@@ -93,8 +93,15 @@ class StopOnSignal(SignalGuard, keras.callbacks.Callback):
     on_train_batch_begin = on_test_batch_begin = on_epoch_begin = _raise_if_received
 
 
-def _variables(model):
-    return [*model.variables, *model.optimizer.variables]
+def _host_copy(model):
+    """The values of the model's and its optimizer's variables, copied to the host."""
+    return [keras.ops.convert_to_numpy(variable) for variable in [*model.variables, *model.optimizer.variables]]
+
+
+def _assign(model, values):
+    """Put back values that _host_copy took."""
+    for variable, value in zip([*model.variables, *model.optimizer.variables], values, strict=True):
+        variable.assign(value)
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -121,22 +128,19 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
             if self.best is not None and not bool(self.improves(current, self.best)):
                 return
             self.best = current
-        self.held = epoch, [keras.ops.convert_to_numpy(variable) for variable in _variables(self.model)]
+        self.held = epoch, _host_copy(self.model)
 
     def flush(self):
         """Write the epoch held in memory, if any; the model's variables are left as they were."""
         if self.held is None:
             return
         epoch, values = self.held
-        variables = _variables(self.model)
-        now = [keras.ops.convert_to_numpy(variable) for variable in variables]
+        now = _host_copy(self.model)
         try:
-            for variable, value in zip(variables, values, strict=True):
-                variable.assign(value)
+            _assign(self.model, values)
             self.model.save(self.filepath, overwrite=True)
         finally:
-            for variable, value in zip(variables, now, strict=True):
-                variable.assign(value)
+            _assign(self.model, now)
         self.held = None
         self._replace(epoch)
 
@@ -199,7 +203,7 @@ class RunState(keras.callbacks.Callback):
                       "callbacks": counters, "training_over": bool(self.model.stop_training)}
         write_history(self.run_dir, self.state["history"])
         if self.every and time.time() - self.written < self.every:
-            self.held = [keras.ops.convert_to_numpy(variable) for variable in self._variables()]
+            self.held = _host_copy(self.model)
         else:
             self.held = None
             self._write()
@@ -211,13 +215,9 @@ class RunState(keras.callbacks.Callback):
         """Write the last complete epoch, if it was held in memory (training must be over: the model's
         variables go back to that epoch's values)."""
         if self.held is not None:
-            for variable, value in zip(self._variables(), self.held, strict=True):
-                variable.assign(value)
+            _assign(self.model, self.held)
             self.held = None
             self._write()
-
-    def _variables(self):
-        return _variables(self.model)
 
     def _write(self):
         for callback in self.callbacks:
