@@ -34,6 +34,11 @@ MILESTONES = (20, 40, 60, 100)
 COPIED = ("config.yaml", "environment.json", "history.csv")
 
 
+def _read_json(folder, name):
+    with open(os.path.join(folder, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def read_history(path):
     """A run's history.csv, or the notebook's training_log.csv, as one table: epoch (1-based), loss, accuracy,
     val_loss, val_accuracy."""
@@ -77,8 +82,7 @@ def early_stopping_epoch(history, config_path=os.path.join(HERE, "configs", "not
 def parts(run_dir, history):
     """Each start of the run (the first and every resume): when, on which CPU and precision, which epochs, and
     the hours its complete epochs took (time lost in an epoch cut short by an interruption is not counted)."""
-    with open(os.path.join(run_dir, "environment.json"), encoding="utf-8") as f:
-        record = json.load(f)
+    record = _read_json(run_dir, "environment.json")
     starts = [record] + record.get("resumes", [])
     firsts = [start.get("epochs_done_at_start") for start in starts]
     seconds = history["seconds"].to_numpy() if "seconds" in history.columns else None
@@ -98,8 +102,7 @@ def parts(run_dir, history):
 def started_from(run_dir):
     """The checkpoint a run's weights started from (train.py --init-weights), or None: a random initialisation.
     Runs recorded before environment.json kept it say so in their command line only."""
-    with open(os.path.join(run_dir, "environment.json"), encoding="utf-8") as f:
-        record = json.load(f)
+    record = _read_json(run_dir, "environment.json")
     if "init_weights" in record:
         return record["init_weights"]
     words = shlex.split(record.get("command") or "")
@@ -149,10 +152,8 @@ def summarize(run_dir, history, notebook):
         seconds = float(np.nansum(history["seconds"]))  # the epochs' own, compile included
         summary["hours"], summary["seconds"] = round(seconds / 3600, 3), round(seconds, 1)
     for name, stem in (("final_weights", "metrics-last.json"), ("best_checkpoint", "metrics.json")):
-        path = os.path.join(run_dir, stem)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                metrics = json.load(f)
+        if os.path.exists(os.path.join(run_dir, stem)):
+            metrics = _read_json(run_dir, stem)
             summary[f"{name}_{metrics['split']}_accuracy"] = round(metrics["accuracy"], 4)
     if notebook is not None:
         summary["notebook"] = {"PrivateTest_accuracy": NOTEBOOK_SCORE, "plateau_epochs": plateau_epochs(notebook),
@@ -259,11 +260,6 @@ TABLE_HEADER = ("run", "PrivateTest: final weights / best checkpoint", "ten crop
                 "best validation accuracy (epoch)", "hours", "machine, backend, precision", "commit", "status")
 
 
-def _read_json(folder, name):
-    with open(os.path.join(folder, name), encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _accuracy(folder, stem):
     return _read_json(folder, stem)["accuracy"] if os.path.isfile(os.path.join(folder, stem)) else None
 
@@ -287,6 +283,10 @@ def _command(environment):
     return flags.get("--config", "?"), settings, seeds[-1] if seeds else None
 
 
+def _without_seed(settings):
+    return [value for value in settings if not value.startswith("train.seed=")]
+
+
 def _config_cell(config, settings):
     return f"`{config}`" + (f" ({', '.join(settings)})" if settings else "")
 
@@ -300,7 +300,7 @@ def table_row(*folders):
     named = ", ".join(f"`results/{summary['run']}/`" for summary in summaries)
     if len(folders) > 1:
         seeds = ", ".join(_command(_read_json(folder, "environment.json"))[2] for folder in folders)
-        settings = [value for value in settings if not value.startswith("train.seed=")]
+        settings = _without_seed(settings)
         named = f"seeds {seeds}: {named}"
     scores = " / ".join(_figure([summary.get(key) for summary in summaries]) for key in
                         ("final_weights_PrivateTest_accuracy", "best_checkpoint_PrivateTest_accuracy"))
@@ -327,16 +327,15 @@ def results_table(folder=os.path.join(HERE, "results")):
     """The README's Results table, in Markdown: the published notebook, then every results/*/ folder; finished runs
     of one kind of machine that differ in train.seed alone share one row."""
     runs = sorted(os.path.dirname(path) for path in glob.glob(os.path.join(folder, "*", "summary.json")))
-    groups = {}
-    for run in runs:
-        (config, settings, seed), row = _command(_read_json(run, "environment.json")), table_row(run)
+    alone, groups = {run: table_row(run) for run in runs}, {}
+    for run, row in alone.items():
+        config, settings, seed = _command(_read_json(run, "environment.json"))
         if seed is not None and row[-1] == "finished":
-            others = [value for value in settings if not value.startswith("train.seed=")]
-            groups.setdefault((config, *others, row[5]), []).append(run)
+            groups.setdefault((config, *_without_seed(settings), row[5]), []).append(run)
         else:
             groups[run] = [run]
     rows = [TABLE_HEADER, ("---",) * len(TABLE_HEADER), PUBLISHED_ROW,
-            *(table_row(*group) for group in groups.values())]
+            *(alone[group[0]] if len(group) == 1 else table_row(*group) for group in groups.values())]
     return "".join("| " + " | ".join(row) + " |\n" for row in rows)
 
 
