@@ -8,7 +8,7 @@
 #
 # gpu/carry.sh fills .whl (the keras, namex and optree wheels) and .device (FER2013 xz-compressed, make_fer2013.py
 # and the notebook's training_log.csv from ../shared). On a CPU, to try it: OUT=/tmp/out RESULTS=/tmp/results
-# EPOCHS=1 LIMIT=300 SEEDS=1 bash gpu/faithful.sh (with keras installed, no .whl needed).
+# EPOCHS=4 LIMIT=300 SEEDS=1 bash gpu/faithful.sh (with keras installed, no .whl needed).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 EPOCHS=${EPOCHS:-100}
