@@ -128,6 +128,12 @@ def export(checkpoint, out, weights=None):
     """Write `out` from `checkpoint` and check it against Keras; returns (gap, agreement)."""
     kind = export_format(out)
     check_writable(out)
+    if kind != "onnx" and os.environ.get("KERAS_BACKEND") == "torch":
+        # LiteRT and SavedModel files are TensorFlow's, which Keras on PyTorch does not write (it wants litert-torch
+        # for one, and its SavedModel export fails in torch.export); a checkpoint loads alike on every backend.
+        print(f"{kind} is TensorFlow's format: written with Keras on TensorFlow (a checkpoint is the same on every "
+              "backend)")
+        os.environ["KERAS_BACKEND"] = "tensorflow"
     start_backend()
     import checkpoints
     import data
@@ -144,8 +150,8 @@ def export(checkpoint, out, weights=None):
             model.export(temporary, format=kind, verbose=False)
             got = run_exported(temporary, kind, faces)
         except ImportError as error:
-            raise UserError(f"writing {out} needs {error.name or 'a package that is missing'}: pip install -r "
-                            "requirements-dev.txt") from None
+            raise UserError(f"writing {out} needs {error.name}: pip install -r requirements-dev.txt" if error.name
+                            else f"writing {out}: {error}") from None
         gap, agreement = compare(expected, got)
         if gap > MAX_GAP or agreement < MIN_AGREEMENT:
             raise UserError(f"{out}: the exported model answers differently from Keras (largest probability gap "

@@ -13,6 +13,7 @@ if __name__ == "__main__":  # first, before the imports below bring in Keras
     start_backend()
 
 import argparse
+import random
 import sys
 
 import data
@@ -43,19 +44,19 @@ def build_model(config=None):
     def head():
         layers = [keras.layers.Flatten()]
         for units in options["dense"]:
-            layers += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(rate)]
+            layers += [keras.layers.Dense(units, activation="relu"), dropout(rate)]
         return layers + [keras.layers.Dense(CLASSES, activation="softmax", dtype="float32")]  # float32 if mixed
 
     front = [*augmentation(config["train"]["augment"]),
              keras.layers.Conv2D(stem, 3, activation="relu", padding="valid",
                                  kernel_regularizer=keras.regularizers.L2(l2)),
-             conv(stem), norm(), keras.layers.MaxPooling2D(2, strides=2), keras.layers.Dropout(rate)]
+             conv(stem), norm(), keras.layers.MaxPooling2D(2, strides=2), dropout(rate)]
     if not options["residual"]:
         layers = [keras.Input(INPUT_SHAPE), *front]
         for filters in blocks:
             for _ in range(3):
                 layers += [conv(filters), norm()]
-            layers += [keras.layers.MaxPooling2D(2, strides=2), keras.layers.Dropout(rate)]
+            layers += [keras.layers.MaxPooling2D(2, strides=2), dropout(rate)]
         return let_jax_compile(keras.Sequential(layers + head(), name="fer2013_cnn"))
     # The same layers, with a skip connection around each block's second and third convolutions (ResNet's, He et
     # al. 2016): the block adds what they compute to what its first one gave. The branch's last BatchNormalization
@@ -67,10 +68,17 @@ def build_model(config=None):
         x = norm()(conv(filters)(x))
         branch = norm(gamma="zeros")(conv(filters)(norm()(conv(filters)(x))))
         x = keras.layers.Add()([x, branch])
-        x = keras.layers.Dropout(rate)(keras.layers.MaxPooling2D(2, strides=2)(x))
+        x = dropout(rate)(keras.layers.MaxPooling2D(2, strides=2)(x))
     for layer in head():
         x = layer(x)
     return let_jax_compile(keras.Model(inputs, x, name="fer2013_resnet"))
+
+
+def dropout(rate):
+    """Keras's Dropout. On PyTorch, without a seed it draws from torch's global generator, which a resumed run
+    cannot put back; with one (from Python's generator, which train.seed seeds) it draws from a generator of its
+    own, whose state the run keeps (resume.py), as it does on the other backends without one."""
+    return keras.layers.Dropout(rate, seed=random.randint(1, 10**9) if keras.backend.backend() == "torch" else None)
 
 
 def augmentation(options):

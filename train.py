@@ -147,10 +147,11 @@ def announce(model, run_dir, setup, state, init_weights=None, teachers=()):
     model.summary()
     print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
     calls = max(setup.group, setup.steps_per_execution)
-    why = (" (scanned on the device)" if setup.group > 1 else
-           f" (the most up to train.steps_per_execution {setup.asked} that divides an epoch's {setup.steps} steps)"
-           if calls < setup.asked else "")
-    print(f"precision {setup.precision} ({setup.why}), XLA {'on' if model.jit_compile else 'off'}, "
+    why = (" (scanned on the device)" if setup.group > 1 else "" if calls == setup.asked else
+           " (Keras on PyTorch calls each step from Python)" if backends.backend() == "torch" else
+           f" (the most up to train.steps_per_execution {setup.asked} that divides an epoch's {setup.steps} steps)")
+    compiler = "torch.compile" if backends.backend() == "torch" else "XLA"  # what Keras's jit_compile turns on
+    print(f"precision {setup.precision} ({setup.why}), {compiler} {'on' if model.jit_compile else 'off'}, "
           f"distribution {setup.distribution.describe()}, batches formed on the {setup.feed}, "
           f"{calls} batch{'es' if calls > 1 else ''} a call into the compiled function{why}")
     started_from = {}
@@ -240,8 +241,8 @@ def set_up(options, kind, state, training_faces):
     """Seeds, precision, data parallelism and where batches are formed, for the run: a SimpleNamespace of
     precision, why (the precision's reason), distribution, shuffle_seed, feed (host or device),
     group (train.scan_steps: batches an item, which one compiled call trains through, feed.scan_steps),
-    steps (an epoch's), asked (train.steps_per_execution) and steps_per_execution (Keras's: 1 with a group, else
-    the largest divisor of steps up to asked)."""
+    steps (an epoch's), asked (train.steps_per_execution) and steps_per_execution (Keras's: 1 with a group or on
+    PyTorch, whose Keras trainer takes no other, else the largest divisor of steps up to asked)."""
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
     precision, why = backends.choose_precision(options["precision"])
@@ -263,8 +264,8 @@ def set_up(options, kind, state, training_faces):
                         "with a GPU) and one device")
     return types.SimpleNamespace(precision=precision, why=why, distribution=distribution, shuffle_seed=shuffle_seed,
                                  feed=where, group=group, steps=steps, asked=options["steps_per_execution"],
-                                 steps_per_execution=1 if group > 1 else feed.steps_per_call(
-                                     options["steps_per_execution"], steps))
+                                 steps_per_execution=1 if group > 1 or backends.backend() == "torch" else
+                                 feed.steps_per_call(options["steps_per_execution"], steps))
 
 
 def finish(model, run_dir, kind, writer, shuffle_seed):

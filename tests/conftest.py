@@ -1,5 +1,6 @@
 """Shared fixtures: small FER-format files written by the tests, the real FER2013 when the environment names
 it, and a helper that runs our scripts as a user would (a separate process, its exit status and output)."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -20,6 +21,13 @@ def run_script(script, *args, cwd=ROOT, timeout=600, env=None):
     """Run `python script args...` in a fresh process; returns the CompletedProcess (text output)."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def needs(package):
+    """Skip unless `package` is installed, without importing it into the tests' process: torch beside TensorFlow
+    in one process can crash it (the tests run other backends in processes of their own)."""
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed")
 
 
 def assert_user_error(result, *fragments):

@@ -15,7 +15,7 @@ import synthetic
 import train
 from common import TEST_SIGNAL, UserError
 from config import DEFAULTS
-from conftest import ROOT, assert_user_error, make_rows, run_script, write_rows
+from conftest import ROOT, assert_user_error, make_rows, needs, run_script, write_rows
 
 
 def test_auto_precision_follows_the_cpu(tmp_path, monkeypatch):
@@ -199,31 +199,33 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_one_device(tmp_path, synth
 
 
 @pytest.mark.slow
-def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
-    """On JAX with no TensorFlow installed, as on a GPU machine with jax[cuda12] and keras alone (the faithful run's
-    machine): an `import tensorflow` that fails, first on the path, stands in for the missing package. With every
-    augmentation layer, and XLA still on (model.let_jax_compile)."""
-    pytest.importorskip("jax")
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_backend_trains_and_evaluates_end_to_end_without_tensorflow(backend, tmp_path, synthetic_csv):
+    """On JAX or PyTorch with no TensorFlow installed, as on a GPU machine with jax[cuda12] and keras alone (the
+    faithful run's machine): an `import tensorflow` that fails, first on the path, stands in for the missing
+    package. With every augmentation layer, and on JAX XLA still on (model.let_jax_compile)."""
+    needs(backend)
     (tmp_path / "no-tf" / "tensorflow").mkdir(parents=True)
     (tmp_path / "no-tf" / "tensorflow" / "__init__.py").write_text('raise ImportError("No module named tensorflow")')
-    jax = {"KERAS_BACKEND": "jax",
+    env = {"KERAS_BACKEND": backend,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "no-tf"), os.environ.get("PYTHONPATH")]))}
     result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
                         "--set", "data.limit=600", "--set", "train.epochs=2", "--set", "train.precision=float32",
                         "--set", "model.filters=[4, 8]", "--set", "model.dense=[16]",  # little for XLA to compile
                         *[part for setting in ("flip=true", "shift=0.05", "rotation=10", "zoom=0.1", "crop=44", "erase=0.25")
                           for part in ("--set", f"train.augment.{setting}")],
-                        "--set", f"output.dir={tmp_path}", "--set", "output.name=jax", env=jax)
+                        "--set", f"output.dir={tmp_path}", "--set", "output.name=run", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "backend jax" in result.stdout and "XLA on" in result.stdout
-    run_dir = tmp_path / "jax"
+    assert f"backend {backend}" in result.stdout
+    assert ("XLA on" if backend == "jax" else "torch.compile off") in result.stdout
+    run_dir = tmp_path / "run"
     history = pd.read_csv(run_dir / "history.csv")
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]  # it learns
     final = json.loads((run_dir / "metrics-last.json").read_text())
     assert final["n"] == 200
-    scored = run_script("evaluate.py", "--checkpoint", run_dir / "last.keras", "--out", tmp_path / "jax-eval", env=jax)
+    scored = run_script("evaluate.py", "--checkpoint", run_dir / "last.keras", "--out", tmp_path / "eval", env=env)
     assert scored.returncode == 0, scored.stderr[-3000:]
-    assert json.loads((tmp_path / "jax-eval" / "metrics-last.json").read_text())["accuracy"] == final["accuracy"]
+    assert json.loads((tmp_path / "eval" / "metrics-last.json").read_text())["accuracy"] == final["accuracy"]
     # The same checkpoint scores alike under TensorFlow (in this process). Other kernels sum in other orders,
     # so a face on the border between two classes may flip: within 1 point.
     import evaluate
@@ -234,31 +236,39 @@ def test_jax_backend_trains_and_evaluates_end_to_end(tmp_path, synthetic_csv):
 
 
 @pytest.mark.slow
-def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_fast_path_trains_as_the_plain_one_on(backend, tmp_path, synthetic_csv):
     """train.feed=device, steps_per_execution and large validation batches: the same batches in the same order,
-    so the same training, step for step (the demo on JAX's CPU, 816 training faces in batches of 8). 102 steps an
-    epoch: at most 4 steps a call is 3 (feed.steps_per_call; 4 itself, whose last call is partial, trains
-    otherwise from the third epoch on in Keras 3.15); and Keras ends each epoch more than once, so Batches takes
-    its epoch from fit (feed.FollowEpochs). train.scan_steps trains the same batches, several in one call."""
-    pytest.importorskip("jax")
-    histories, scores = {}, {}
-    for name, settings in (("plain", ["train.feed=host"]),
-                           ("fast", ["train.feed=device", "train.steps_per_execution=4",
-                                     "train.validation_batch_size=200"]),
-                           ("scanned", ["train.feed=device", "train.scan_steps=2", "train.epochs=1"])):
+    so the same training, step for step (the demo on the CPU, 816 training faces in batches of 8). 102 steps an
+    epoch: at most 4 steps a call is 3 on JAX (feed.steps_per_call; 4 itself, whose last call is partial, trains
+    otherwise from the third epoch on in Keras 3.15), 1 on PyTorch (Keras's only one there); and Keras ends each
+    epoch more than once, so Batches takes its epoch from fit (feed.FollowEpochs). On JAX, train.scan_steps trains
+    the same batches, several in one call."""
+    needs(backend)
+    histories, scores, printed = {}, {}, {}
+    runs = [("plain", ["train.feed=host"]),
+            ("fast", ["train.feed=device", "train.steps_per_execution=4", "train.validation_batch_size=200"])]
+    if backend == "jax":
+        runs.append(("scanned", ["train.feed=device", "train.scan_steps=2", "train.epochs=1"]))
+    for name, settings in runs:
         result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
                             "--set", "data.limit=820", "--set", "train.batch_size=8", "--set", "train.seed=0",
                             "--set", "train.precision=float32", "--set", "train.epochs=3",
                             *[part for setting in settings for part in ("--set", setting)],
                             "--set", f"output.dir={tmp_path}", "--set", f"output.name={name}",
-                            env={"KERAS_BACKEND": "jax"})
+                            env={"KERAS_BACKEND": backend})
         assert result.returncode == 0, result.stderr[-3000:]
         histories[name] = pd.read_csv(tmp_path / name / "history.csv")
         scores[name] = json.loads((tmp_path / name / "metrics-last.json").read_text())["accuracy"]
+        printed[name] = result.stdout
     assert len(histories["plain"]) == 3 and feed.steps_per_call(4, 102) == 3 and feed.steps_per_call(8, 404) == 4
+    one_at_a_time = "1 batch a call into the compiled function (Keras on PyTorch calls each step from Python)"
+    assert ("3 batches a call" if backend == "jax" else one_at_a_time) in printed["fast"]
     for column in ("loss", "accuracy"):
         assert histories["fast"][column].tolist() == histories["plain"][column].tolist(), column
     assert scores["plain"] > 0.35 and abs(scores["fast"] - scores["plain"]) <= 0.005, scores
+    if backend != "jax":
+        return
     # train.scan_steps=2: 51 calls of 2 steps an epoch, unrolled, computing as one step a call.
     environment = json.loads((tmp_path / "scanned" / "environment.json").read_text())
     assert environment["batches_scanned_a_call"] == 2 and environment["steps_per_execution"] == 1
@@ -356,7 +366,7 @@ def test_two_processes_write_one_run_directory_and_resume_together(backend, tmp_
     """Two workers (TensorFlow's MultiWorkerMirroredStrategy from TF_CONFIG, or keras.distribution on JAX) on
     127.0.0.1 sharing one output folder, both killed after epoch 1 and resumed: one run directory with every
     epoch, the same final weights and shuffling in both, nothing left elsewhere."""
-    pytest.importorskip(backend)
+    needs(backend)
     with _free_ports(2) as ports:
         _two_workers_killed_and_resumed(backend, ports, tmp_path, synthetic_csv)
 
@@ -399,7 +409,7 @@ def _two_workers_killed_and_resumed(backend, ports, tmp_path, synthetic_csv):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend, index", [("tensorflow", 0), ("jax", 1)])  # the chief alone, a worker alone
 def test_a_worker_alone_stops_in_one_line_after_the_cluster_timeout(backend, index, tmp_path, synthetic_csv):
-    pytest.importorskip(backend)
+    needs(backend)
     with _free_ports(2) as ports:
         result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
                             "--set", "train.cluster_timeout=2", "--set", f"output.dir={tmp_path / 'runs'}",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import data
-from conftest import ROOT, run_script
+from conftest import ROOT, needs, run_script
 
 SHIPPED = sorted((ROOT / "models").glob("fer2013-*.keras"))
 pytestmark = [pytest.mark.skipif(not SHIPPED, reason="no model is shipped in models/ yet"), pytest.mark.slow]
@@ -34,9 +34,9 @@ def test_one_model_is_shipped_small_enough_for_the_repository():
     assert f"# {SHIPPED[0].name}" in card and "FER2013's own terms" in card
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_plain_keras_scores_privatetest_with_the_shipped_model(backend, fer2013_faces, tmp_path):
-    pytest.importorskip(backend)
+    needs(backend)
     private = fer2013_faces.select(fer2013_faces.usage == data.USAGES.index("PrivateTest"))
     np.save(tmp_path / "faces.npy", private.images)
     result = subprocess.run([sys.executable, "-c", SCORE_WITH_PLAIN_KERAS, str(SHIPPED[0]), str(tmp_path / "faces.npy"),
