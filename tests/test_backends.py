@@ -237,9 +237,10 @@ def test_backend_trains_and_evaluates_end_to_end_without_tensorflow(backend, tmp
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]  # it learns
     final = json.loads((run_dir / "metrics-last.json").read_text())
     assert final["n"] == 200
-    scored = run_script("evaluate.py", "--checkpoint", run_dir / "last.keras", "--out", tmp_path / "eval", env=env)
-    assert scored.returncode == 0, scored.stderr[-3000:]
-    assert json.loads((tmp_path / "eval" / "metrics-last.json").read_text())["accuracy"] == final["accuracy"]
+    if backend == "jax":  # (evaluate.py on PyTorch: test_checkpoints, the shipped-style model)
+        scored = run_script("evaluate.py", "--checkpoint", run_dir / "last.keras", "--out", tmp_path / "eval", env=env)
+        assert scored.returncode == 0, scored.stderr[-3000:]
+        assert json.loads((tmp_path / "eval" / "metrics-last.json").read_text())["accuracy"] == final["accuracy"]
     # The same checkpoint scores alike under TensorFlow (in this process). Other kernels sum in other orders,
     # so a face on the border between two classes may flip: within 1 point.
     import evaluate

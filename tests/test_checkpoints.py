@@ -18,7 +18,7 @@ import predict
 import ship
 from common import UserError
 from config import DEFAULTS
-from conftest import ROOT, assert_user_error, run_script
+from conftest import ROOT, assert_user_error, needs, run_script
 
 PUBLISHED_JSON = ROOT.parent / "shared" / "notebook" / "model.json"
 
@@ -278,10 +278,11 @@ def test_ship_makes_a_float32_model_with_half_size_weights_that_loads_on_every_b
     card_path.write_text("# my folder\n")
     assert ship.write_model_card(str(run_dir / "best.keras"), str(out), "again") is None
     assert card_path.read_text() == "# my folder\n"
-    # TensorFlow loaded it above (the agreement); JAX scores it as the run scored its own checkpoint.
-    pytest.importorskip("jax")
-    scored = run_script("evaluate.py", "--checkpoint", out, "--data", synthetic_csv, "--out", tmp_path / "jax",
-                        env={"KERAS_BACKEND": "jax"})
-    assert scored.returncode == 0, scored.stderr[-3000:]
-    score = json.loads((tmp_path / "jax" / "metrics-fer2013-demo.json").read_text())["accuracy"]
-    assert abs(score - original) <= 0.005, (score, original)
+    # TensorFlow loaded it above (the agreement); JAX and PyTorch score it as the run scored its own checkpoint.
+    for backend in ("jax", "torch"):
+        needs(backend)
+        scored = run_script("evaluate.py", "--checkpoint", out, "--data", synthetic_csv, "--out", tmp_path / backend,
+                            env={"KERAS_BACKEND": backend})
+        assert scored.returncode == 0, scored.stderr[-3000:]
+        score = json.loads((tmp_path / backend / "metrics-fer2013-demo.json").read_text())["accuracy"]
+        assert abs(score - original) <= 0.005, (backend, score, original)

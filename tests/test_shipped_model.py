@@ -34,7 +34,7 @@ def test_one_model_is_shipped_small_enough_for_the_repository():
     assert f"# {SHIPPED[0].name}" in card and "FER2013's own terms" in card
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_plain_keras_scores_privatetest_with_the_shipped_model(backend, fer2013_faces, tmp_path):
     needs(backend)
     private = fer2013_faces.select(fer2013_faces.usage == data.USAGES.index("PrivateTest"))
