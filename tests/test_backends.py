@@ -257,7 +257,7 @@ def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
     epoch: at most 4 steps a call is 3 (feed.steps_per_call; 4 itself, whose last call is partial, trains
     otherwise from the third epoch on in Keras 3.15); and Keras ends each epoch more than once, so Batches takes
     its epoch from fit (feed.FollowEpochs). train.scan_steps trains the same batches, several in one call."""
-    pytest.importorskip("jax")
+    needs("jax")
     histories, scores = {}, {}
     for name, settings in (("plain", ["train.feed=host"]),
                            ("fast", ["train.feed=device", "train.steps_per_execution=4",
@@ -288,7 +288,7 @@ def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
 
 @pytest.mark.slow
 def test_jax_data_parallel_over_two_cpu_devices(tmp_path):
-    pytest.importorskip("jax")
+    needs("jax")
     # Odd row counts everywhere, so that batches must be cut (training, validation) or padded (predictions).
     source = write_rows(tmp_path / "f.csv", make_rows(["Training"] * 41 + ["PublicTest"] * 11 + ["PrivateTest"] * 9))
     env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
