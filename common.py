@@ -1,5 +1,6 @@
 """Small helpers that several scripts share: one-line user errors, quiet imports, files written atomically."""
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -39,7 +40,8 @@ class UserError(Exception):
 
 
 def exit_on_user_error(main):
-    """Run a script's main so that a UserError prints one line (no traceback) and exits with status 2."""
+    """Run a script's main so that a UserError, or a disk that is full, prints one line (no traceback) and exits
+    with status 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -51,6 +53,18 @@ def exit_on_user_error(main):
         except BrokenPipeError:  # output piped into `head` and the like: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
+        except OSError as error:  # a full disk or quota: the user's to fix, like a bad file
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            writing = f" (writing {error.filename})" if error.filename else ""
+            print(f"error: {os.strerror(error.errno)}{writing}", file=sys.stderr)
+        # Only a full disk gets here.
+        if main.__module__ == "__main__":
+            # A script ends here, without the C libraries' exit handlers: HDF5's closes the files that a failed
+            # write left open, and crashed doing so (rc 139).
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(2)
+        sys.exit(2)
 
     return wrapper
 

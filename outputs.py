@@ -86,7 +86,9 @@ def save_exports(model, run_dir):
     write_text(os.path.join(run_dir, "model.json"), model.to_json())
     weights_only = type(model).from_config(model.get_config())
     weights_only.set_weights(model.get_weights())
-    with replaced_atomically(os.path.join(run_dir, "model.weights.h5")) as temporary:
+    weights = os.path.join(run_dir, "model.weights.h5")
+    resume_lib.check_room(weights, weights_only.variables)
+    with replaced_atomically(weights) as temporary:
         weights_only.save_weights(temporary)
 
 

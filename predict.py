@@ -225,8 +225,10 @@ def predict_image(predictor, path, out_dir, used, write):
     for record in predictor.records(path, boxes, probabilities):
         write(record)
     annotated = predictor.annotate(image, boxes, probabilities)
-    if not cv2.imwrite(os.path.join(out_dir, output_name(path, used)), annotated):
-        cv2.imwrite(os.path.join(out_dir, output_name(path, used, ".png")), annotated)
+    # OpenCV answers False where it cannot write: a format it has no encoder for (then PNG), a full disk.
+    if not (cv2.imwrite(os.path.join(out_dir, output_name(path, used)), annotated)
+            or cv2.imwrite(os.path.join(out_dir, output_name(path, used, ".png")), annotated)):
+        raise OSError(f"its annotated copy could not be written in {out_dir}")
     return describe(boxes, probabilities, predictor.detect)
 
 
@@ -265,6 +267,8 @@ def predict_video(predictor, path, out_dir, used, write):
                 name = output_name(path, used, ".mp4")
                 writer = cv2.VideoWriter(os.path.join(out_dir, name), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                          (image.shape[1], image.shape[0]))
+                if not writer.isOpened():
+                    raise OSError(f"its annotated copy could not be written in {out_dir}")
             writer.write(predictor.annotate(image, boxes, probabilities))
             frames += 1
             if sys.stdout.isatty() and total:

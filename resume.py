@@ -3,9 +3,11 @@ a run goes on from where it stopped with the same weights, optimizer, dropout dr
 
 Every file is written to a temporary name and renamed, so a kill at any instant leaves the previous good file.
 """
+import errno
 import glob
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -223,10 +225,21 @@ class RunState(keras.callbacks.Callback):
         for callback in self.callbacks:
             if isinstance(callback, AtomicModelCheckpoint):
                 callback.flush()
-        with replaced_atomically(os.path.join(self.run_dir, self.state["weights"])) as temporary:
+        weights = os.path.join(self.run_dir, self.state["weights"])
+        check_room(weights, [*self.model.variables, *self.model.optimizer.variables])
+        with replaced_atomically(weights) as temporary:
             self.model.save_weights(temporary)
         write_text(os.path.join(self.run_dir, STATE), json.dumps(self.state, indent=1))
         self.written = time.time()
+
+
+def check_room(path, variables):
+    """OSError (no space left) before a weights file that the disk has no room for is begun: where HDF5 fails a
+    write, it keeps the file open, and closing it as the process ends crashes the process."""
+    needed = sum(np.prod(variable.shape, dtype=int) * np.dtype(variable.dtype).itemsize + 2048
+                 for variable in variables)
+    if shutil.disk_usage(os.path.dirname(path)).free < needed:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
 
 def _seed_generator_states(model):
@@ -282,6 +295,14 @@ def epochs_done(callbacks, state):
     if run_state is not None:
         return run_state.state["epochs_done"]
     return state["epochs_done"] if state else 0
+
+
+def epochs_kept(run_dir):
+    """The complete epochs that state.json in run_dir holds, which --resume goes on from (0 without one)."""
+    try:
+        return read_state(run_dir)["epochs_done"]
+    except UserError:
+        return 0
 
 
 def keep_last_epoch(callbacks):

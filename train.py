@@ -229,10 +229,11 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
                 outputs.score(run_dir, model, splits[2], kind)
     except BaseException as stop:
         resume_lib.keep_last_epoch(callbacks)
+        kept = resume_lib.epochs_kept(run_dir)  # fewer than trained where a write failed (a full disk)
         if not writer:
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir = resume_dir or "the chief's run directory"
-        raise_stopped(stop, run_dir, resume_dir or not writer, resume_lib.epochs_done(callbacks, state),
+        raise_stopped(stop, run_dir, resume_dir or not writer, (resume_lib.epochs_done(callbacks, state), kept),
                       options["epochs"])
     return finish(model, run_dir, kind, writer, setup.shuffle_seed)
 
@@ -284,16 +285,23 @@ def finish(model, run_dir, kind, writer, shuffle_seed):
 
 
 def raise_stopped(stop, run_dir, resume_dir, epochs_done, epochs):
-    """A run stopped by a signal or a failure: a new run with no complete epoch goes; else it stays, to resume."""
-    if epochs_done == 0 and not resume_dir:
+    """A run stopped by a signal or a failure: a new run with no complete epoch on disk goes; else it stays, to
+    resume. epochs_done: (epochs trained, epochs its state on disk holds)."""
+    trained, kept = epochs_done
+    if kept == 0 and not resume_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir = None
+    else:
+        resume_lib.remove_leftovers(run_dir)
     if isinstance(stop, resume_lib.SignalInterrupt):
-        where = f"epoch {epochs_done + 1}" if epochs_done < epochs else "the end, while saving results"
+        where = f"epoch {kept + 1}" if kept < epochs else "the end, while saving results"
         raise resume_lib.Interrupted(run_dir, where, stop.signal_number) from None
+    lost = f", {trained - kept} of them lost with a write that failed" if kept < trained else ""
     if run_dir is not None:
-        print(f"training failed after {epochs_done} complete epoch(s); {run_dir} keeps them: "
+        print(f"training failed after {trained} complete epoch(s){lost}; {run_dir} keeps {kept}: "
               f"python train.py --resume {run_dir}", file=sys.stderr)
+    elif trained:
+        print(f"training failed after {trained} complete epoch(s){lost}; nothing to resume", file=sys.stderr)
     raise stop
 
 

@@ -121,7 +121,7 @@ def test_already_cropped_48x48_faces_without_detection(trained_run, tmp_path, sy
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_a_corrupt_image_among_good_ones_is_reported_and_the_rest_go_on(trained_run, astronaut, tmp_path, capsys):
+def test_a_corrupt_image_or_an_unwritable_copy_is_reported_and_the_rest_go_on(trained_run, astronaut, tmp_path, capsys):
     run_dir, _ = trained_run
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -129,13 +129,17 @@ def test_a_corrupt_image_among_good_ones_is_reported_and_the_rest_go_on(trained_
     cv2.imwrite(str(inputs / "a.jpg"), good)
     (inputs / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     cv2.imwrite(str(inputs / "c.png"), good)
+    cv2.imwrite(str(inputs / "d.jpg"), good)
     out = tmp_path / "out"
+    for taken in ("d.jpg", "d.png"):  # where d.jpg's annotated copy would go: folders, which no image replaces
+        (out / taken).mkdir(parents=True)
     assert predict.main(["--checkpoint", str(run_dir / "best.keras"), str(inputs), "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert f"error: {inputs / 'b.jpg'}: not a readable image" in captured.err
-    assert "2 of 3 inputs done" in captured.out
-    assert {r["source"] for r in _records(out)} == {str(inputs / "a.jpg"), str(inputs / "c.png")}
-    assert (out / "a.jpg").exists() and (out / "c.png").exists() and not (out / "b.jpg").exists()
+    assert f"error: {inputs / 'd.jpg'}: its annotated copy could not be written in {out}" in captured.err
+    assert "2 of 4 inputs done" in captured.out
+    assert {r["source"] for r in _records(out)} == {str(inputs / name) for name in ("a.jpg", "c.png", "d.jpg")}
+    assert (out / "a.jpg").is_file() and (out / "c.png").is_file() and not (out / "b.jpg").exists()
 
 
 def test_webcam_without_a_display_is_a_clear_error(trained_run, monkeypatch, capsys):

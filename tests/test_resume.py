@@ -1,6 +1,7 @@
 """resume.py and train.py: resumable training, atomic checkpoints, reproducible runs, clear errors for bad checkpoints and output."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -233,6 +234,37 @@ def test_output_errors_change_nothing_on_disk(tmp_path, synthetic_csv):
                         "--set", f"output.dir={blocker}/runs")
     assert_user_error(result, "cannot write the run directory", str(blocker))
     assert set(tmp_path.rglob("*")) == set(before) | {blocker}
+
+
+def test_a_full_disk_stops_training_in_one_line_and_what_it_kept_resumes(tmp_path, short_data):
+    # A small file system, mounted where only one process sees it (a mount namespace: Linux, as root).
+    small = tmp_path / "small"
+    small.mkdir()
+    if not shutil.which("unshare") or subprocess.run(["unshare", "--mount", "mount", "-t", "tmpfs", "tmpfs", small],
+                                                     capture_output=True).returncode:
+        pytest.skip("needs unshare --mount and mount (root on Linux) for a small file system")
+    run = [*SHORT, *short_data, "--set", "train.epochs=2", "--set", "data.limit=100"]
+    whole = run_script("train.py", *run, "--set", f"output.dir={tmp_path}", "--set", "output.name=whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    # Room for what training ends with (best.keras and the state's weights, each about last.keras's size, both held
+    # in memory until then), not for last.keras too.
+    size = int(2.5 * (tmp_path / "whole" / "last.keras").stat().st_size)
+    script = (f"mount -t tmpfs -o size={size} tmpfs {small} || exit 9; \"$@\"; status=$?; "
+              f"cp -a {small}/full {tmp_path}/; exit $status")
+    full = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", sys.executable, "train.py", *run, *HELD,
+                           "--set", f"output.dir={small}", "--set", "output.name=full"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run_dir = tmp_path / "full"
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    lines = full.stderr.splitlines()
+    assert lines[-1].startswith("error: No space left on device"), lines[-3:]
+    assert lines[-2] == f"training failed after 2 complete epoch(s); {small / 'full'} keeps 2: " \
+                        f"python train.py --resume {small / 'full'}"
+    assert epochs_done(run_dir) == 2 and not list(run_dir.glob("*.writing*"))
+    resumed = run_script("train.py", "--resume", run_dir, "--no-evaluate")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for a, b in zip(weights(run_dir / "last.keras"), weights(tmp_path / "whole" / "last.keras"), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_resume_takes_only_more_epochs(tmp_path):
