@@ -348,13 +348,15 @@ def main(argv=None):
             print(f"\ninterrupted at {interrupted.where}; resume with: python train.py --resume "
                   f"{interrupted.run_dir}", file=sys.stderr)
         status = interrupted.exit_status
-        del interrupted
-        gc.collect()  # finalize the data pipeline's iterators while Python can still run their clean-up
-        return status
     except KeyboardInterrupt:  # before training started: nothing was written yet
         print("\ninterrupted before training started", file=sys.stderr)
         return 130
-    return 0
+    else:
+        return 0
+    # Out of the except block, the error's traceback is free to go: the data pipeline's iterators are finalized
+    # while Python can still run their clean-up.
+    gc.collect()
+    return status
 
 
 if __name__ == "__main__":

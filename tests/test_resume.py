@@ -62,7 +62,8 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, sho
                     signal_at="SIGINT@epoch 2 batch 2")
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
-    assert f"interrupted at epoch 2; resume with: python train.py --resume {run_dir}" in stderr
+    # The last line: TensorFlow's iterators are finalized before Python shuts down, so none of its complaints follow.
+    assert stderr.splitlines()[-1] == f"interrupted at epoch 2; resume with: python train.py --resume {run_dir}"
     assert "Traceback" not in stderr
     assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0]
     whole_stdout, whole_stderr = whole.communicate(timeout=300)
