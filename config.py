@@ -217,12 +217,15 @@ def check_type(key, value, kinds):
 
 
 def coerce(value, kinds):
-    """PyYAML (YAML 1.1) reads 1e-4 as a string; a number-typed key takes it as the number it spells."""
+    """PyYAML (YAML 1.1) reads 1e-4 as a string, and 1 as an integer: a number-typed key takes the number it
+    spells, as a float (Keras's optimizers refuse an integer learning rate)."""
     if float in kinds and isinstance(value, str):
         try:
             return float(value)
         except ValueError:
             return value
+    if float in kinds and int not in kinds and type(value) is int:
+        return float(value)
     return value
 
 

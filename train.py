@@ -56,8 +56,8 @@ class SignalAt(keras.callbacks.Callback):
 
 
 def make_callbacks(config, run_dir, state=None, shuffle_seed=None, state_seconds=None):
-    """The schedule, EMA swap, checkpoint, early stopping, TensorBoard and RunState callbacks the config asks
-    for; RunState writes the resume state at most every `state_seconds` (default: output.state_seconds)."""
+    """The schedule, EMA swap, checkpoint, early stopping, TensorBoard, TerminateOnNaN and RunState callbacks the
+    config asks for; RunState writes the resume state at most every `state_seconds` (default: output.state_seconds)."""
     options = config["callbacks"]
     reduce_lr, stopping, checkpoint = options["reduce_lr"], options["early_stopping"], options["checkpoint"]
     training = config["train"]
@@ -81,6 +81,9 @@ def make_callbacks(config, run_dir, state=None, shuffle_seed=None, state_seconds
             patience=stopping["patience"], mode=monitor_mode(stopping["monitor"]), verbose=1))
     if config["output"]["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")))
+    # A loss that turns NaN or infinite (a learning rate too high) ends training at that batch, as EarlyStopping
+    # would; best.keras keeps the best epoch before it, if any. After the others, whose places state.json numbers.
+    callbacks.append(keras.callbacks.TerminateOnNaN())
     # Last: it saves what the others did.
     callbacks.append(resume_lib.RunState(run_dir, list(callbacks), state, shuffle_seed, every))
     return callbacks

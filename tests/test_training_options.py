@@ -83,6 +83,17 @@ def test_a_cosine_run_logs_the_rates_it_used(tmp_path, synthetic_csv):
     np.testing.assert_allclose(history["learning_rate"], expected, rtol=1e-6)
 
 
+def test_a_loss_that_turns_nan_ends_training_in_that_epoch(tmp_path, synthetic_csv, capsys):
+    config = load_config(ROOT / "configs/demo.yaml", [f"data.path={synthetic_csv}", "data.limit=60", "train.epochs=4",
+                                                      "train.precision=float32", "train.optimizer=sgd",
+                                                      f"output.dir={tmp_path}", "output.name=diverged"])
+    config["train"]["learning_rate"] = 1e9
+    run_dir = train.train(config, evaluate_after=False)
+    history = pd.read_csv(f"{run_dir}/history.csv")
+    assert "Invalid loss, terminating training" in capsys.readouterr().out
+    assert len(history) == 1 and not np.isfinite(history["loss"].iloc[0])  # of 4 epochs asked
+
+
 def test_distillation_mixes_the_teachers_probabilities_into_the_targets(trained_run, synthetic_csv, tmp_path):
     import keras
 
