@@ -114,6 +114,10 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     with the state --resume reads: a .keras file with the optimizer's slots took longer to write than a GPU's
     epoch to train. `mode` is 'min' or 'max', and an epoch is saved when Keras's would be."""
 
+    # Keras may call its batch hook from a thread of its own (JAX, PyTorch): it saves only with an integer
+    # save_freq, never used here. Without this, Keras would read every step's logs as it ends, waiting for the device.
+    async_safe = True
+
     def __init__(self, filepath, mode, hold=False, **kwargs):
         self.final_path, self.hold, self.held = filepath, hold, None
         self.improves = keras.ops.less if mode == "min" else keras.ops.greater

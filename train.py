@@ -83,7 +83,11 @@ def make_callbacks(config, run_dir, state=None, shuffle_seed=None, state_seconds
         callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")))
     # A loss that turns NaN or infinite (a learning rate too high) ends training at that batch, as EarlyStopping
     # would; best.keras keeps the best epoch before it, if any. After the others, whose places state.json numbers.
-    callbacks.append(keras.callbacks.TerminateOnNaN())
+    # async_safe: Keras may call it from its thread for batch-end callbacks (JAX, PyTorch); a batch hook that
+    # is not would make every step wait for the device.
+    stop_on_nan = keras.callbacks.TerminateOnNaN()
+    stop_on_nan.async_safe = True
+    callbacks.append(stop_on_nan)
     # Last: it saves what the others did.
     callbacks.append(resume_lib.RunState(run_dir, list(callbacks), state, shuffle_seed, every))
     return callbacks

@@ -94,6 +94,18 @@ def test_a_loss_that_turns_nan_ends_training_in_that_epoch(tmp_path, synthetic_c
     assert len(history) == 1 and not np.isfinite(history["loss"].iloc[0])  # of 4 epochs asked
 
 
+def test_no_callback_makes_each_step_wait_for_the_device(tmp_path):
+    # Keras calls batch-end callbacks from a thread of its own (JAX, PyTorch) unless one of them has a batch-end
+    # hook and is not marked async_safe: then it converts every step's logs on the spot, waiting for the device.
+    # (output.tensorboard's callback does: it writes every batch's logs.)
+    config = load_config(ROOT / "configs/improved-gpu.yaml", ["train.ema=0.999", "callbacks.early_stopping.enabled=true"])
+    base = keras.callbacks.Callback
+    for callback in train.make_callbacks(config, str(tmp_path)):
+        hooked = (type(callback).on_batch_end is not base.on_batch_end
+                  or type(callback).on_train_batch_end is not base.on_train_batch_end)
+        assert not hooked or getattr(callback, "async_safe", False), type(callback).__name__
+
+
 def test_distillation_mixes_the_teachers_probabilities_into_the_targets(trained_run, synthetic_csv, tmp_path):
     import keras
 
