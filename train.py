@@ -240,7 +240,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
         if not writer:
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir = resume_dir or "the chief's run directory"
-        raise_stopped(stop, run_dir, resume_dir or not writer, (resume_lib.epochs_done(callbacks, state), kept),
+        raise_stopped(stop, run_dir, resume_dir or not writer, resume_lib.epochs_done(callbacks, state), kept,
                       options["epochs"])
     return finish(model, run_dir, kind, writer, setup.shuffle_seed)
 
@@ -291,10 +291,9 @@ def finish(model, run_dir, kind, writer, shuffle_seed):
     return run_dir
 
 
-def raise_stopped(stop, run_dir, resume_dir, epochs_done, epochs):
-    """A run stopped by a signal or a failure: a new run with no complete epoch on disk goes; else it stays, to
-    resume. epochs_done: (epochs trained, epochs its state on disk holds)."""
-    trained, kept = epochs_done
+def raise_stopped(stop, run_dir, resume_dir, trained, kept, epochs):
+    """A run stopped by a signal or a failure, after `trained` complete epochs, `kept` of them in its state on disk:
+    a new run that kept none goes; else it stays, to resume."""
     if kept == 0 and not resume_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir = None
