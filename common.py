@@ -28,7 +28,7 @@ def shipped_model(folder=MODELS):
 
 def signal_at(point):
     """For tests: send this process the signal that FER2013_TEST_SIGNAL names ("SIGKILL@epoch 3 batch 2",
-    "SIGKILL@replace best.keras epoch 2") when it reaches that point, so that a test interrupts a run at a named
+    "SIGKILL@replace best.keras epoch 2", predict.py's "SIGINT@input 3") when it reaches that point, so that a test interrupts a run at a named
     place instead of racing a timer. Does nothing without that variable."""
     name, _, at = os.environ.get(TEST_SIGNAL, "").partition("@")
     if at and at == point:
@@ -41,7 +41,7 @@ class UserError(Exception):
 
 def exit_on_user_error(main):
     """Run a script's main so that a UserError, or a disk that is full, prints one line (no traceback) and exits
-    with status 2."""
+    with status 2; Ctrl-C prints "interrupted" and exits with status 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -50,6 +50,9 @@ def exit_on_user_error(main):
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:  # Ctrl-C: what a script keeps, it has written whole (atomic files)
+            print("\ninterrupted", file=sys.stderr)
+            sys.exit(130)
         except BrokenPipeError:  # output piped into `head` and the like: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)

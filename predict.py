@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import data
-from common import UserError, exit_on_user_error, replaced_atomically, shipped_model, start_backend
+from common import UserError, exit_on_user_error, replaced_atomically, shipped_model, signal_at, start_backend
 from config import config_beside
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -285,6 +285,32 @@ def predict_video(predictor, path, out_dir, used, write):
     return f"{frames} frames, faces in {with_faces}" + (f" (most seen: {common})" if common else "")
 
 
+def predict_files(predictor, files, out_dir):
+    """Each file's faces found and scored, its annotated copy written, and its records added to predictions.jsonl
+    once it is done (an input that fails or is interrupted adds none); returns the exit status."""
+    used, failed = set(), 0
+    with replaced_atomically(os.path.join(out_dir, "predictions.jsonl")) as temporary, \
+            open(temporary, "w", encoding="utf-8") as jsonl:
+        for number, path in enumerate(files, start=1):
+            records = []
+            try:
+                signal_at(f"input {number}")
+                video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+                summary = (predict_video if video else predict_image)(predictor, path, out_dir, used, records.append)
+            except (OSError, ValueError) as error:
+                failed += 1
+                print(f"error: {path}: {error}", file=sys.stderr)
+                continue
+            except KeyboardInterrupt:  # Ctrl-C: predictions.jsonl keeps the inputs done before this one
+                print(f"\ninterrupted at input {number}: {number - 1 - failed} of {len(files)} inputs done; "
+                      f"annotated copies and predictions.jsonl in {out_dir}", file=sys.stderr)
+                return 130
+            jsonl.writelines(json.dumps(record) + "\n" for record in records)
+            print(f"[{number}/{len(files)}] {path}: {summary}")
+    print(f"{len(files) - failed} of {len(files)} inputs done; annotated copies and predictions.jsonl in {out_dir}")
+    return 1 if failed else 0
+
+
 def run_webcam(predictor, camera):
     cv2 = import_cv2()
     capture = cv2.VideoCapture(camera)
@@ -356,22 +382,7 @@ def main(argv=None):
     if not files:
         raise UserError(f"no images or videos in {', '.join(args.inputs)}")
     os.makedirs(args.out, exist_ok=True)
-    used, failed = set(), 0
-    with replaced_atomically(os.path.join(args.out, "predictions.jsonl")) as temporary, \
-            open(temporary, "w", encoding="utf-8") as jsonl:
-        def write(record):
-            jsonl.write(json.dumps(record) + "\n")
-
-        for number, path in enumerate(files, start=1):
-            try:
-                video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
-                summary = (predict_video if video else predict_image)(predictor, path, args.out, used, write)
-                print(f"[{number}/{len(files)}] {path}: {summary}")
-            except (OSError, ValueError) as error:
-                failed += 1
-                print(f"error: {path}: {error}", file=sys.stderr)
-    print(f"{len(files) - failed} of {len(files)} inputs done; annotated copies and predictions.jsonl in {args.out}")
-    return 1 if failed else 0
+    return predict_files(predictor, files, args.out)
 
 
 if __name__ == "__main__":

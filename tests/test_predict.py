@@ -1,6 +1,7 @@
 """predict.py on a real photograph (scikit-image's public-domain astronaut), a video made from it,
 already-cropped 48x48 faces, the crop itself, bad files, and a webcam without a display."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import checkpoints
 import data
 import evaluate
 import predict
+from common import TEST_SIGNAL, exit_on_user_error
 from conftest import run_script
 
 pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
@@ -138,8 +140,32 @@ def test_a_corrupt_image_or_an_unwritable_copy_is_reported_and_the_rest_go_on(tr
     assert f"error: {inputs / 'b.jpg'}: not a readable image" in captured.err
     assert f"error: {inputs / 'd.jpg'}: its annotated copy could not be written in {out}" in captured.err
     assert "2 of 4 inputs done" in captured.out
-    assert {r["source"] for r in _records(out)} == {str(inputs / name) for name in ("a.jpg", "c.png", "d.jpg")}
+    assert {r["source"] for r in _records(out)} == {str(inputs / "a.jpg"), str(inputs / "c.png")}  # inputs done
     assert (out / "a.jpg").is_file() and (out / "c.png").is_file() and not (out / "b.jpg").exists()
+
+
+def test_ctrl_c_keeps_the_predictions_of_the_inputs_done(trained_run, astronaut, tmp_path, monkeypatch, capsys):
+    run_dir, _ = trained_run
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in "abcd":
+        shutil.copy(astronaut, inputs / f"{name}.jpg")
+    out = tmp_path / "out"
+    monkeypatch.setenv(TEST_SIGNAL, "SIGINT@input 3")  # Ctrl-C as the third photo starts
+    assert predict.main(["--checkpoint", str(run_dir / "best.keras"), str(inputs), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip() == (f"interrupted at input 3: 2 of 4 inputs done; annotated copies and "
+                                               f"predictions.jsonl in {out}")
+    assert [r["source"] for r in _records(out)] == [str(inputs / "a.jpg"), str(inputs / "b.jpg")]
+
+
+def test_a_script_stopped_by_ctrl_c_says_so_in_one_line(capsys):
+    @exit_on_user_error
+    def main():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 130 and capsys.readouterr().err == "\ninterrupted\n"
 
 
 def test_webcam_without_a_display_is_a_clear_error(trained_run, monkeypatch, capsys):
