@@ -164,7 +164,16 @@ def parse_override(item):
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
-    return key.strip(), value
+    key, kinds = key.strip(), kinds_of(key.strip())
+    if type(value) in (bool, int, float) and str in kinds and not {bool, int, float} & set(kinds):
+        value = text.strip()  # a text key: output.name=2024 or =no is that name, not YAML's number or boolean
+    return key, value
+
+
+def kinds_of(key):
+    """The types a dotted key takes (TYPES, else its default's), or () for an unknown key."""
+    defaults = flatten(DEFAULTS)
+    return TYPES.get(key, (type(defaults[key]),)) if key in defaults else ()
 
 
 def set_key(config, dotted, value, source):
@@ -231,9 +240,8 @@ def coerce(value, kinds):
 
 def validate(config):
     """Types from DEFAULTS (or TYPES), then the values that cannot work; returns the config, values coerced."""
-    defaults = flatten(DEFAULTS)
     for key, value in flatten(config).items():
-        kinds = TYPES.get(key, (type(defaults[key]),))
+        kinds = kinds_of(key)
         value = coerce(value, kinds)
         value = RENAMED.get(key, {}).get(value, value) if isinstance(value, str) else value
         set_key(config, key, value, source="config")

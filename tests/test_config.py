@@ -48,6 +48,9 @@ def test_overrides_are_typed_like_yaml():
     assert config["train"]["seed"] == 3 and config["data"]["path"] == "/tmp/x.csv"
     assert config["model"]["dense"] == [32, 16] and config["callbacks"]["early_stopping"]["enabled"] is True
     assert config["output"]["name"] == "abc"
+    # A text key takes the text, which YAML alone would read as a number or a boolean.
+    config = load_config(ROOT / "config.yaml", ["output.name=2024", "data.path=no", "train.optimizer=sgd"])
+    assert (config["output"]["name"], config["data"]["path"], config["train"]["optimizer"]) == ("2024", "no", "sgd")
     # A whole number for a number-typed key is a float, as Keras's optimizers want their learning rate.
     config = load_config(ROOT / "config.yaml", ["train.learning_rate=1", "model.dropout=0"])
     assert type(config["train"]["learning_rate"]) is float and type(config["model"]["dropout"]) is float
