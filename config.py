@@ -124,6 +124,11 @@ def config_beside(checkpoint, overrides=()):
 def read_yaml(path, what="config file"):
     try:
         with open(path, encoding="utf-8") as f:
+            # A config is a few kB; YAML's parser would take minutes over a dataset given in its place.
+            if os.fstat(f.fileno()).st_size > 2**20:
+                hint = " (the data's path is data.path: --set data.path=...)" if ".csv" in str(path).lower() else ""
+                raise UserError(f"{what} {path} is {os.fstat(f.fileno()).st_size / 2**20:.0f} MiB: not a config, "
+                                f"which is a few kB of YAML{hint}")
             text = f.read()
     except FileNotFoundError:
         raise UserError(f"{what} {path} not found") from None

@@ -40,7 +40,8 @@ def _parse_header(path, raw):
     positions = []
     for column in COLUMNS:
         if column.lower() not in lowered:
-            raise UserError(f"{path}, line 1: missing column '{column}' (header is {header.strip()!r}, "
+            shown = header.strip()[:60] + ("..." if len(header.strip()) > 60 else "")
+            raise UserError(f"{path}, line 1: missing column '{column}' (header is {shown!r}, "
                             f"expected {','.join(COLUMNS)})")
         positions.append(lowered.index(column.lower()))
     return positions, len(names), len(raw) if end < 0 else end + 1

@@ -115,6 +115,13 @@ def test_bad_configs_name_the_key(tmp_path, case):
     assert fragment in str(caught.value)
 
 
+def test_a_dataset_given_as_the_config_is_refused_at_once(tmp_path):
+    path = tmp_path / "fer2013.csv"
+    path.write_text("emotion,pixels,Usage\n" + ("0," + " ".join(["0"] * 2304) + ",Training\n") * 250)
+    with pytest.raises(UserError, match=r"fer2013\.csv is 1 MiB: not a config.*--set data\.path"):
+        load_config(path)
+
+
 def test_yaml_syntax_error_gives_its_line(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  path: x\ntrain:\n  epochs: 3\n    batch_size: 4\n")

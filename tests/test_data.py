@@ -158,6 +158,7 @@ def _bad_files(tmp_path):
     (tmp_path / "blank.csv").write_text("\n \r\n\t\n")
     (tmp_path / "cut.csv").write_text(f"emotion,Usage,pixels\n1,Training,{pixel_text(image)}\n2,Training,")
     (tmp_path / "header-only.csv").write_text("emotion,pixels,Usage\n")
+    (tmp_path / "model.keras").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 40)  # a binary file, no line end
     return {
         "wrong pixel count": (with_bad_row("count.csv", (1, short, "Training")), ["line 3", "2303 pixels", "2304"]),
         "non-integer pixel": (with_bad_row("float.csv", (1, non_integer, "Training")), ["line 3", "'1.5'", "not an integer"]),
@@ -169,6 +170,7 @@ def _bad_files(tmp_path):
         "extra field": (with_bad_row("fields.csv", (1, pixel_text(image) + ",x", "Training")), ["line 3", "4 fields"]),
         "missing column": (write_rows(tmp_path / "column.csv", [(1, image, "")], header="emotion,pixels"),
                            ["line 1", "missing column 'Usage'"]),
+        "not a csv": (tmp_path / "model.keras", ["line 1", "missing column 'emotion'", "(header is 'PK"]),
         "empty file": (tmp_path / "empty.csv", ["empty"]),
         "blank file": (tmp_path / "blank.csv", ["empty"]),
         "cut after the last comma": (tmp_path / "cut.csv", ["line 3", "0 pixels"]),
@@ -182,7 +184,7 @@ def test_every_bad_csv_gets_a_message_with_file_line_and_fault(tmp_path):
         with pytest.raises(UserError) as caught:
             data.load_data(path)
         message = str(caught.value)
-        assert str(path) in message, case
+        assert str(path) in message and len(message) < len(str(path)) + 200, (case, message)
         for fragment in fragments:
             assert fragment in message, (case, fragment, message)
 
