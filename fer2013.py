@@ -1,4 +1,5 @@
 """What FER2013 is, as arrays: 48x48 grayscale faces, 7 emotions, 3 Usage blocks."""
+import hashlib
 from typing import NamedTuple
 
 import numpy as np
@@ -23,6 +24,17 @@ class Faces(NamedTuple):
 
     def __len__(self):
         return len(self.labels)
+
+
+def digest(splits):
+    """sha256 of (train, validation, test) Faces: their faces and labels, in order. A run records it, and --resume
+    refuses other data, which would change what each epoch's batches and the held-out faces are."""
+    hash = hashlib.sha256()
+    for faces in splits:
+        for array in (faces.images, faces.labels):
+            hash.update(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+        hash.update(b"|")
+    return hash.hexdigest()
 
 
 def to_float(images):

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+import fer2013
 from common import UserError, native_stderr_held, replaced_atomically, signal_at, write_text
 
 with native_stderr_held():
@@ -299,6 +300,23 @@ def epochs_done(callbacks, state):
     if run_state is not None:
         return run_state.state["epochs_done"]
     return state["epochs_done"] if state else 0
+
+
+def data_digest(splits, resume_dir=None, path=None):
+    """fer2013.digest of the run's faces, which environment.json records; resuming (resume_dir), a UserError
+    unless they are those the run started with (a run from before the digest was recorded is not checked)."""
+    digest = fer2013.digest(splits)
+    if resume_dir is None:
+        return digest
+    try:
+        with open(os.path.join(resume_dir, "environment.json"), encoding="utf-8") as f:
+            recorded = json.load(f).get("data_sha256")
+    except (OSError, ValueError):
+        return digest
+    if recorded and recorded != digest:
+        raise UserError(f"{path} does not hold the faces that {resume_dir} started with (environment.json, "
+                        "data_sha256): resume with the same data, or start a new run")
+    return digest
 
 
 def epochs_kept(run_dir):

@@ -148,9 +148,9 @@ def distilled_targets(options, faces):
     return ((1 - weight) * data.one_hot(faces.labels) + weight * taught).astype(np.float32)
 
 
-def announce(model, run_dir, setup, state, init_weights=None, teachers=()):
-    """The model and what it runs on, on screen and in environment.json (with the checkpoint it started from and
-    the teachers it learns from)."""
+def announce(model, run_dir, setup, state, init_weights=None, teachers=(), data_sha256=None):
+    """The model and what it runs on, on screen and in environment.json (with the checkpoint it started from, the
+    teachers it learns from, and the digest of its faces, fer2013.digest)."""
     model.summary()
     print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
     calls = max(setup.group, setup.steps_per_execution)
@@ -167,7 +167,7 @@ def announce(model, run_dir, setup, state, init_weights=None, teachers=()):
                                         "sha256": sha256(init_weights[0])}
     if teachers:
         started_from["teachers"] = [{"path": os.path.abspath(path), "sha256": sha256(path)} for path in teachers]
-    outputs.record_environment(run_dir, {**outputs.environment(setup, model), **started_from,
+    outputs.record_environment(run_dir, {**outputs.environment(setup, model), **started_from, "data_sha256": data_sha256,
                                  "epochs_done_at_start": state["epochs_done"] if state else 0}, resumed=bool(state))
 
 
@@ -209,6 +209,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     state = resume_lib.read_state(resume_dir) if resume_dir else None
     run_dir = (resume_dir or outputs.plan_run_dir(config, config_path)) if writer else None
     splits = feed.prepare_data(config)
+    data_sha256 = resume_lib.data_digest(splits, resume_dir, config["data"]["path"])
     targets = distilled_targets(options, splits[0])  # before set_up seeds the run: loading teachers draws none of it
     setup = set_up(options, kind, state, splits[0])
     if not writer:
@@ -223,7 +224,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
             with setup.distribution.scope():
                 model = make_model(config, resume_dir or run_dir, state, init_weights, setup.steps_per_execution)
             write_text(os.path.join(run_dir, "config.yaml"), dump(config))
-            announce(model, run_dir, setup, state, init_weights, options["distill"]["teachers"])
+            announce(model, run_dir, setup, state, init_weights, options["distill"]["teachers"], data_sha256)
             # Every process of a multi-machine run writes its state after each epoch, as the others do.
             callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, setup.shuffle_seed,
                                                           0 if kind == "multi_worker" else None)

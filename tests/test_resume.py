@@ -8,8 +8,11 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 import checkpoints
+import feed
+import fer2013
 import resume
 import train
 from common import TEST_SIGNAL, UserError
@@ -269,6 +272,20 @@ def test_a_full_disk_stops_training_in_one_line_and_what_it_kept_resumes(tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "state.json").read_text())["finished"] and (run_dir / "last.keras").is_file()
     assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]
+
+
+def test_resume_refuses_other_faces_than_the_run_started_with(tmp_path, synthetic_csv):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = load_config(ROOT / "configs" / "demo.yaml", [f"data.path={synthetic_csv}", "data.limit=100"])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "state.json").write_text(json.dumps({"epochs_done": 1}))
+    splits = feed.prepare_data(config)
+    (run_dir / "environment.json").write_text(json.dumps({"data_sha256": fer2013.digest(splits[::-1])}))
+    before = sorted(run_dir.rglob("*"))
+    with pytest.raises(UserError, match=f"does not hold the faces that {run_dir} started with"):
+        train.resume(str(run_dir))
+    assert sorted(run_dir.rglob("*")) == before
 
 
 def test_resume_takes_only_more_epochs(tmp_path):
