@@ -2,6 +2,7 @@
 already-cropped 48x48 faces, the crop itself, bad files, and a webcam without a display."""
 import json
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -152,7 +153,12 @@ def test_ctrl_c_keeps_the_predictions_of_the_inputs_done(trained_run, astronaut,
         shutil.copy(astronaut, inputs / f"{name}.jpg")
     out = tmp_path / "out"
     monkeypatch.setenv(TEST_SIGNAL, "SIGINT@input 3")  # Ctrl-C as the third photo starts
-    assert predict.main(["--checkpoint", str(run_dir / "best.keras"), str(inputs), "--out", str(out)]) == 130
+    # Python's own Ctrl-C handler, as in a terminal: a process started in the background (CI's) ignores SIGINT.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert predict.main(["--checkpoint", str(run_dir / "best.keras"), str(inputs), "--out", str(out)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err.strip() == (f"interrupted at input 3: 2 of 4 inputs done; annotated copies and "
                                                f"predictions.jsonl in {out}")
     assert [r["source"] for r in _records(out)] == [str(inputs / "a.jpg"), str(inputs / "b.jpg")]
