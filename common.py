@@ -28,8 +28,8 @@ def shipped_model(folder=MODELS):
 
 def signal_at(point):
     """For tests: send this process the signal that FER2013_TEST_SIGNAL names ("SIGKILL@epoch 3 batch 2",
-    "SIGKILL@replace best.keras epoch 2", predict.py's "SIGINT@input 3") when it reaches that point, so that a test interrupts a run at a named
-    place instead of racing a timer. Does nothing without that variable."""
+    "SIGKILL@replace best.keras epoch 2", predict.py's "SIGINT@input 3") when it reaches that point, so that a
+    test interrupts a run at a named place instead of racing a timer. Does nothing without that variable."""
     name, _, at = os.environ.get(TEST_SIGNAL, "").partition("@")
     if at and at == point:
         os.kill(os.getpid(), getattr(signal, name))

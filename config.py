@@ -125,10 +125,11 @@ def read_yaml(path, what="config file"):
     try:
         with open(path, encoding="utf-8") as f:
             # A config is a few kB; YAML's parser would take minutes over a dataset given in its place.
-            if os.fstat(f.fileno()).st_size > 2**20:
+            size = os.fstat(f.fileno()).st_size
+            if size > 2**20:
                 hint = " (the data's path is data.path: --set data.path=...)" if ".csv" in str(path).lower() else ""
-                raise UserError(f"{what} {path} is {os.fstat(f.fileno()).st_size / 2**20:.0f} MiB: not a config, "
-                                f"which is a few kB of YAML{hint}")
+                raise UserError(f"{what} {path} is {size / 2**20:.0f} MiB: not a config, which is a few kB of "
+                                f"YAML{hint}")
             text = f.read()
     except FileNotFoundError:
         raise UserError(f"{what} {path} not found") from None
@@ -163,13 +164,14 @@ def merge(config, updates, source, prefix=""):
 
 def parse_override(item):
     key, sep, text = item.partition("=")
-    if not sep or not key.strip():
+    key = key.strip()
+    if not sep or not key:
         raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=5")
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
-    key, kinds = key.strip(), kinds_of(key.strip())
+    kinds = kinds_of(key)
     if type(value) in (bool, int, float) and str in kinds and not {bool, int, float} & set(kinds):
         value = text.strip()  # a text key: output.name=2024 or =no is that name, not YAML's number or boolean
     return key, value

@@ -167,7 +167,8 @@ def announce(model, run_dir, setup, state, init_weights=None, teachers=(), data_
                                         "sha256": sha256(init_weights[0])}
     if teachers:
         started_from["teachers"] = [{"path": os.path.abspath(path), "sha256": sha256(path)} for path in teachers]
-    outputs.record_environment(run_dir, {**outputs.environment(setup, model), **started_from, "data_sha256": data_sha256,
+    started_from["data_sha256"] = data_sha256
+    outputs.record_environment(run_dir, {**outputs.environment(setup, model), **started_from,
                                  "epochs_done_at_start": state["epochs_done"] if state else 0}, resumed=bool(state))
 
 

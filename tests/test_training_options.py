@@ -98,7 +98,8 @@ def test_no_callback_makes_each_step_wait_for_the_device(tmp_path):
     # Keras calls batch-end callbacks from a thread of its own (JAX, PyTorch) unless one of them has a batch-end
     # hook and is not marked async_safe: then it converts every step's logs on the spot, waiting for the device.
     # (output.tensorboard's callback does: it writes every batch's logs.)
-    config = load_config(ROOT / "configs/improved-gpu.yaml", ["train.ema=0.999", "callbacks.early_stopping.enabled=true"])
+    config = load_config(ROOT / "configs/improved-gpu.yaml",
+                         ["train.ema=0.999", "callbacks.early_stopping.enabled=true"])
     base = keras.callbacks.Callback
     for callback in train.make_callbacks(config, str(tmp_path)):
         hooked = (type(callback).on_batch_end is not base.on_batch_end
