@@ -44,6 +44,15 @@ def check_writable(out):
         raise UserError(f"cannot write {out}: {folder} is not a writable folder")
     if os.path.isdir(out) and FORMATS.get(os.path.splitext(out.rstrip("/\\"))[1].lower()) != "tf_saved_model":
         raise UserError(f"cannot write {out}: it is a folder")
+    check_replaceable(out)
+
+
+def check_replaceable(out):
+    """A SavedModel replaces a folder only where that folder is empty or an earlier SavedModel (saved_model.pb):
+    `python export.py best.keras ~/Documents` must not remove the folder's files."""
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "saved_model.pb")):
+        raise UserError(f"cannot write {out}: it is a folder of other files, not an earlier SavedModel (name a "
+                        "new folder for the SavedModel)")
 
 
 def float32_copy(model):
@@ -157,6 +166,7 @@ def export(checkpoint, out, weights=None):
             raise UserError(f"{out}: the exported model answers differently from Keras (largest probability gap "
                             f"{gap:.2g}, the same emotion for {agreement:.1%} of {CHECK_FACES} faces); nothing kept")
         if os.path.isdir(out):
+            check_replaceable(out)  # again: something may have been put there while the export ran
             shutil.rmtree(out)  # a folder is not renamed over another
         os.replace(temporary, out)
     finally:

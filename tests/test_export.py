@@ -126,7 +126,12 @@ def test_bad_input_is_one_line_and_exit_status_2(trained_run, tmp_path):
     (tmp_path / "not-onnx.onnx").write_text("hello")
     assert_user_error(run_script("predict.py", "--checkpoint", tmp_path / "not-onnx.onnx", blocker),
                       "not a loadable ONNX model")
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "not-onnx.onnx"]
+    folder = tmp_path / "notes"  # a SavedModel is a folder: an existing one of other files is not replaced
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("mine")
+    assert_user_error(run_script("export.py", run_dir / "best.keras", folder), "not an earlier SavedModel")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "not-onnx.onnx", "notes"]
+    assert [path.name for path in folder.iterdir()] == ["thesis.tex"]
 
 
 @pytest.mark.parametrize("name", ["model.onnx", "model.tflite"])
