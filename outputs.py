@@ -45,9 +45,21 @@ def plan_run_dir(config, config_path):
     return run_dir
 
 
-def create_run_dir(run_dir):
+def create_run_dir(run_dir, config, config_path):
+    """Makes the planned run directory and returns it. Another run may have made it since plan_run_dir (two runs
+    started in the same second): a named run then stops, an unnamed one takes the next free name. A folder this
+    call did not make is never removed."""
     try:
-        os.makedirs(run_dir)
+        os.makedirs(os.path.dirname(run_dir) or ".", exist_ok=True)
+        while True:
+            try:
+                os.mkdir(run_dir)
+                break
+            except FileExistsError:
+                run_dir = plan_run_dir(config, config_path)
+    except OSError as error:
+        raise UserError(f"cannot write the run directory {run_dir}: {error.strerror}") from None
+    try:
         probe = os.path.join(run_dir, ".writable")
         open(probe, "w").close()
         os.remove(probe)

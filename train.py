@@ -216,7 +216,7 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     if not writer:
         run_dir = tempfile.mkdtemp(prefix="fer2013-worker-")
     elif not resume_dir:
-        outputs.create_run_dir(run_dir)
+        run_dir = outputs.create_run_dir(run_dir, config, config_path)
     else:
         resume_lib.remove_leftovers(run_dir)
     stop_on_signal, callbacks = resume_lib.StopOnSignal(), []

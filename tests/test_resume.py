@@ -13,6 +13,7 @@ import yaml
 import checkpoints
 import feed
 import fer2013
+import outputs
 import resume
 import train
 from common import TEST_SIGNAL, UserError
@@ -239,6 +240,24 @@ def test_output_errors_change_nothing_on_disk(tmp_path, synthetic_csv):
                         "--set", f"output.dir={blocker}/runs")
     assert_user_error(result, "cannot write the run directory", str(blocker))
     assert set(tmp_path.rglob("*")) == set(before) | {blocker}
+
+
+def test_a_run_started_in_the_same_second_as_another_leaves_it_alone(tmp_path, synthetic_csv):
+    # Two runs of one config started together plan the same directory; the second to make it must neither remove
+    # the first's nor write into it.
+    config = load_config(ROOT / "configs" / "demo.yaml", [f"data.path={synthetic_csv}", f"output.dir={tmp_path}"])
+    planned = outputs.plan_run_dir(config, "configs/demo.yaml")
+    os.mkdir(planned)  # the other run, between this one's plan and its mkdir
+    (tmp_path / planned / "state.json").write_text("{}")
+    made = outputs.create_run_dir(planned, config, "configs/demo.yaml")
+    assert made != planned and os.listdir(made) == [] and os.listdir(planned) == ["state.json"]
+    config["output"]["name"] = "named"
+    planned = outputs.plan_run_dir(config, None)
+    os.mkdir(planned)
+    (tmp_path / "named" / "state.json").write_text("{}")
+    with pytest.raises(UserError, match="named holds an unfinished run"):
+        outputs.create_run_dir(planned, config, None)
+    assert os.listdir(planned) == ["state.json"]
 
 
 def test_a_full_disk_stops_training_in_one_line_and_what_it_kept_resumes(tmp_path, short_data):
