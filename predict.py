@@ -285,10 +285,17 @@ def predict_video(predictor, path, out_dir, used, write):
     return f"{frames} frames, faces in {with_faces}" + (f" (most seen: {common})" if common else "")
 
 
+def inputs_in(out_dir, files):
+    """The names in out_dir that are inputs (or links to them): no annotated copy is written over an input, as
+    `predict.py photo.jpg --out .` would have."""
+    inputs = {os.path.realpath(path) for path in files}
+    return {name for name in os.listdir(out_dir) if os.path.realpath(os.path.join(out_dir, name)) in inputs}
+
+
 def predict_files(predictor, files, out_dir):
     """Each file's faces found and scored, its annotated copy written, and its records added to predictions.jsonl
     once it is done (an input that fails or is interrupted adds none); returns the exit status."""
-    used, failed = set(), 0
+    used, failed = inputs_in(out_dir, files), 0
     with replaced_atomically(os.path.join(out_dir, "predictions.jsonl")) as temporary, \
             open(temporary, "w", encoding="utf-8") as jsonl:
         for number, path in enumerate(files, start=1):

@@ -201,6 +201,18 @@ def test_webcam_without_a_display_is_a_clear_error(trained_run, monkeypatch, cap
     assert "cannot open camera 3" in capsys.readouterr().err
 
 
+def test_an_input_in_the_output_folder_is_not_written_over(trained_run, astronaut, tmp_path):
+    run_dir, _ = trained_run
+    photo = tmp_path / "photo.png"
+    shutil.copy(astronaut, photo)
+    (tmp_path / "link.png").symlink_to(photo)
+    assert predict.main(["--checkpoint", str(run_dir / "best.keras"), str(tmp_path / "link.png"), "--out",
+                         str(tmp_path)]) == 0
+    assert photo.read_bytes() == astronaut.read_bytes() and (tmp_path / "link.png").is_symlink()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link-2.png", "link.png", "photo.png",
+                                                               "predictions.jsonl"]
+
+
 def test_a_photo_without_a_face_says_0_faces_and_the_run_goes_on(trained_run, astronaut, tmp_path):
     skimage_data = pytest.importorskip("skimage.data")
     coffee = tmp_path / "coffee.png"  # a real photo of a cup of coffee, no face in it
