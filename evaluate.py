@@ -8,8 +8,9 @@
 
 Prints the accuracy and a per-class report, and writes metrics.json and confusion_matrix.png beside the
 checkpoint (or in --out; for the model shipped in models/, in runs/evaluate-<its name>/). For a checkpoint not
-named best.keras the files carry its name (metrics-last.json, confusion_matrix-last.png) so that evaluations of
-one run never overwrite each other; an ensemble's files are metrics-ensemble.json ..., beside its first checkpoint.
+named best.keras the files carry its name (metrics-last.json, confusion_matrix-last.png), and a split other than
+PrivateTest its name (metrics-PublicTest.json), so that evaluations of one run never overwrite each other; an
+ensemble's files are metrics-ensemble.json ..., beside its first checkpoint.
 """
 if __name__ == "__main__":  # first, before the imports below bring in Keras
     from common import start_backend
@@ -142,11 +143,13 @@ def evaluate_model(model, faces, split="PrivateTest", batch_size=256, tta=None):
     }, probabilities
 
 
-def report_names(checkpoint, tta=None):
-    """metrics.json, confusion_matrix.png, predictions.csv, mistakes.png for best.keras; metrics-<stem>.json ...
-    for any other checkpoint; -tta added with flip test-time augmentation, -tencrop with ten crops."""
+def report_names(checkpoint, tta=None, split="PrivateTest"):
+    """metrics.json, confusion_matrix.png, predictions.csv, mistakes.png for best.keras on PrivateTest;
+    metrics-<stem>.json ... for any other checkpoint; -PublicTest or -Training added for another split, -tta with
+    flip test-time augmentation, -tencrop with ten crops."""
     stem = os.path.splitext(os.path.basename(checkpoint))[0]
-    suffix = ("" if stem == "best" else f"-{stem}") + ({"tencrop": "-tencrop"}.get(tta, "-tta") if tta else "")
+    suffix = (("" if stem == "best" else f"-{stem}") + ("" if split == "PrivateTest" else f"-{split}")
+              + ({"tencrop": "-tencrop"}.get(tta, "-tta") if tta else ""))
     return (f"metrics{suffix}.json", f"confusion_matrix{suffix}.png", f"predictions{suffix}.csv",
             f"mistakes{suffix}.png")
 
@@ -159,7 +162,8 @@ def write_report(metrics, probabilities, faces, out_dir, checkpoint):
     import pandas as pd
 
     os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, name) for name in report_names(checkpoint, metrics.get("tta_kind"))]
+    names = report_names(checkpoint, metrics.get("tta_kind"), metrics["split"])
+    paths = [os.path.join(out_dir, name) for name in names]
     json_path, png_path, csv_path, mistakes_path = paths
     write_text(json_path, json.dumps(metrics, indent=2) + "\n")
     plot_confusion_matrix(metrics, png_path)

@@ -99,12 +99,16 @@ def test_evaluate_reads_the_model_json_export_and_another_split(trained_run, tmp
     run_dir, _ = trained_run
     assert evaluate.main(["--checkpoint", str(run_dir / "model.json"), "--split", "PublicTest",
                           "--out", str(tmp_path)]) == 0
-    from_json = json.loads((tmp_path / "metrics-model.json").read_text())
+    from_json = json.loads((tmp_path / "metrics-model-PublicTest.json").read_text())
     assert from_json["split"] == "PublicTest" and from_json["n"] == 200
     # model.json + model.weights.h5 hold the final weights: the same predictions as last.keras.
-    assert evaluate.main(["--checkpoint", str(run_dir / "last.keras"), "--split", "PublicTest",
-                          "--out", str(tmp_path)]) == 0
-    assert json.loads((tmp_path / "metrics-last.json").read_text())["confusion_matrix"] == from_json["confusion_matrix"]
+    for split in ("PublicTest", "PrivateTest"):  # each split's files beside the other's
+        assert evaluate.main(["--checkpoint", str(run_dir / "last.keras"), "--split", split,
+                              "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "metrics-last-PublicTest.json").read_text())["confusion_matrix"] == \
+        from_json["confusion_matrix"]
+    assert json.loads((tmp_path / "metrics-last.json").read_text())["split"] == "PrivateTest"
+    assert len(list(tmp_path.glob("predictions*.csv"))) == 3
 
 
 def test_an_ensemble_scores_the_mean_of_its_members_probabilities(trained_run, synthetic_csv, tmp_path):
@@ -121,10 +125,10 @@ def test_an_ensemble_scores_the_mean_of_its_members_probabilities(trained_run, s
     images = data.to_float(faces.images[faces.usage == data.USAGES.index("PublicTest")])
     best, second = (keras.saving.load_model(path).predict(images, verbose=0) for path in members)
     assert (best.argmax(axis=1) != second.argmax(axis=1)).any()
-    ensemble = pd.read_csv(tmp_path / "predictions-ensemble.csv")
+    ensemble = pd.read_csv(tmp_path / "predictions-ensemble-PublicTest.csv")
     columns = [f"p_{name}" for name in data.EMOTIONS]
     np.testing.assert_allclose(ensemble[columns], (best + second) / 2, atol=2e-6)
-    metrics = json.loads((tmp_path / "metrics-ensemble.json").read_text())
+    metrics = json.loads((tmp_path / "metrics-ensemble-PublicTest.json").read_text())
     assert metrics["ensemble"] == members and metrics["n"] == 200
     assert metrics["accuracy"] == np.mean(ensemble["predicted"] == ensemble["true"])
     assert_user_error(run_script("evaluate.py", "--checkpoint", *members, "--weights", "w.h5"), "--weights", "ensemble")
