@@ -223,6 +223,18 @@ def copy_without_home(source, target):
         write_text(target, without_home(f.read()))
 
 
+def check_same_run(run_dir, out_dir):
+    """out_dir may hold this run's earlier publication (published again as it goes on), never another run's: the
+    files one run has and the other lacks (ten-crop scores, a teacher) would stay, and read as the new run's."""
+    if not os.path.isfile(os.path.join(out_dir, "environment.json")):
+        return
+    ours, theirs = (_read_json(folder, "environment.json") if os.path.isfile(os.path.join(folder, "environment.json"))
+                    else {} for folder in (run_dir, out_dir))
+    if any(without_home(str(ours.get(key))) != without_home(str(theirs.get(key))) for key in ("started", "command")):
+        raise UserError(f"{out_dir} holds the results of another run (started {theirs.get('started')}): give "
+                        "another --out, or remove that folder first")
+
+
 def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
     """Write out_dir/ and out_dir_vs_notebook.png from run_dir; returns the summary."""
     import pandas as pd
@@ -233,6 +245,7 @@ def publish(run_dir, out_dir, notebook_log=NOTEBOOK_LOG):
     notebook = read_history(notebook_log) if notebook_log and os.path.isfile(notebook_log) else None
     if notebook_log and notebook is None:
         print(f"{notebook_log} not found: the picture shows this run only")
+    check_same_run(run_dir, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     for name in COPIED:
         copy_without_home(os.path.join(run_dir, name), os.path.join(out_dir, name))

@@ -57,6 +57,7 @@ for seed in $SEEDS; do
     echo "seed $seed: train.py exit $status, $((SECONDS - t0)) s in all (start-up, compile, $EPOCHS epochs, scoring)"
     tail -4 "/tmp/runs/$name.log"
     [ $status -eq 0 ] || { cp "/tmp/runs/$name.log" "$OUT/"; continue; }
+    rm -rf "$RESULTS/$name"  # an earlier run's, from the checkout: this call's replaces it
     python3 results.py "/tmp/runs/$name" --out "$RESULTS/$name" --notebook-log .device/training_log.csv | tail -3
     published+=("$RESULTS/$name")
     [ -f "$RESULTS/${name}_vs_notebook.png" ] && published+=("$RESULTS/${name}_vs_notebook.png")

@@ -63,6 +63,7 @@ for checkpoint in best last; do
     [ -f /tmp/runs/$NAME/$checkpoint.keras ] || continue
     python3 evaluate.py --checkpoint /tmp/runs/$NAME/$checkpoint.keras --tta tencrop | head -1
 done
+rm -rf "$RESULTS/$NAME"  # a folder of that name from the checkout is an earlier run's: this call's replaces it
 python3 results.py /tmp/runs/$NAME --out $RESULTS/$NAME --notebook-log .device/training_log.csv | tail -3
 publish() {  # results.tgz: what results.py published (again, once teacher.npz is there), replaced whole
     { tar czf /tmp/results.tgz $RESULTS/$NAME $RESULTS/${NAME}_vs_notebook.png 2>/dev/null \

@@ -169,6 +169,15 @@ def test_a_finished_run_fetched_without_its_checkpoints_counts_as_finished(tmp_p
     (run / "last.keras").write_bytes(b"weights")
     results.publish(str(run), str(out), notebook_log=None)
     assert (out / "checkpoints.sha256").read_text().endswith("  last.keras\n")
+    # Another run is not published over this one's results (its files and theirs would mix).
+    other = tmp_path / "other-run"
+    shutil.copytree(run, other)
+    (other / "environment.json").write_text(json.dumps({"command": "train.py --config config.yaml --set "
+                                                        "train.seed=2", "epochs_done_at_start": 0}))
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(UserError, match="out holds the results of another run"):
+        results.publish(str(other), str(out), notebook_log=None)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
 def test_the_readme_results_table_is_what_the_results_folders_say():
