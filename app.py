@@ -42,8 +42,8 @@ def load_predictor(checkpoint, overrides=()):
     if checkpoint is None:
         checkpoint = shipped_model()
     settings = config_beside(checkpoint, overrides)["predict"]
-    predictor = predict.Predictor(predict.load_probabilities(checkpoint), predict.FaceFinder(settings),
-                                  settings["margin"])
+    predictor = predict.Predictor(predict.load_probabilities(checkpoint, tta=settings["tta"]),
+                                  predict.FaceFinder(settings), settings["margin"])
     return predictor, checkpoint
 
 

@@ -60,7 +60,8 @@ DEFAULTS = {
         "checkpoint": {"monitor": "val_loss", "save_best_only": True},
     },
     "output": {"dir": "runs", "name": None, "tensorboard": False, "state_seconds": 30},
-    "predict": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "margin": 0.1, "video_detect_width": 320},
+    "predict": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "margin": 0.1, "video_detect_width": 320,
+                "tta": "none"},
 }
 
 # Keys whose values are not of their default's type: null and what else they take.
@@ -84,6 +85,7 @@ CHOICES = {
     "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "train.distribute": ("auto", "none", "mirrored", "multi_worker"),
     "train.feed": ("auto", "host", "device"),
+    "predict.tta": ("none", "flip", "tencrop"),
 }
 # The list keys that hold file paths (every other list holds positive integers).
 PATH_LISTS = {"train.distill.teachers"}

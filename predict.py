@@ -285,17 +285,12 @@ def predict_video(predictor, path, out_dir, used, write):
     return f"{frames} frames, faces in {with_faces}" + (f" (most seen: {common})" if common else "")
 
 
-def inputs_in(out_dir, files):
-    """The names in out_dir that are inputs (or links to them): no annotated copy is written over an input, as
-    `predict.py photo.jpg --out .` would have."""
-    inputs = {os.path.realpath(path) for path in files}
-    return {name for name in os.listdir(out_dir) if os.path.realpath(os.path.join(out_dir, name)) in inputs}
-
-
 def predict_files(predictor, files, out_dir):
     """Each file's faces found and scored, its annotated copy written, and its records added to predictions.jsonl
     once it is done (an input that fails or is interrupted adds none); returns the exit status."""
-    used, failed = inputs_in(out_dir, files), 0
+    # Names in out_dir that are inputs (or links to them) are not written over (predict.py photo.jpg --out .).
+    inputs, failed = {os.path.realpath(path) for path in files}, 0
+    used = {name for name in os.listdir(out_dir) if os.path.realpath(os.path.join(out_dir, name)) in inputs}
     with replaced_atomically(os.path.join(out_dir, "predictions.jsonl")) as temporary, \
             open(temporary, "w", encoding="utf-8") as jsonl:
         for number, path in enumerate(files, start=1):
@@ -345,20 +340,26 @@ def run_webcam(predictor, camera):
         cv2.destroyAllWindows()
 
 
-def load_probabilities(checkpoint, weights=None):
-    """faces -> probabilities for a checkpoint: an .onnx file runs on onnxruntime alone (no TensorFlow or Keras
-    is imported), anything else through Keras."""
+def load_probabilities(checkpoint, weights=None, tta="none"):
+    """faces -> probabilities for a checkpoint, with predict.tta's test-time augmentation (as evaluate.py --tta):
+    an .onnx file runs on onnxruntime alone (no TensorFlow or Keras is imported), anything else through Keras."""
     if checkpoint.endswith(".onnx"):
         from export import OnnxModel
 
+        if tta == "tencrop":
+            raise UserError("predict.tta tencrop needs a Keras checkpoint: an .onnx file does not say where its "
+                            "model crops (flip works)")
         onnx = OnnxModel(checkpoint)
-        return lambda faces: onnx.predict(data.to_float(faces))
+        views = (lambda faces: faces, lambda faces: faces[:, :, ::-1])[:2 if tta == "flip" else 1]
+        return lambda faces: np.mean([onnx.predict(data.to_float(view(faces))) for view in views], axis=0)
     start_backend()
     from checkpoints import load_checkpoint
-    from evaluate import predict_probabilities
+    from evaluate import crop_shifts, predict_probabilities
 
     model = load_checkpoint(checkpoint, weights)
-    return lambda faces: predict_probabilities(model, faces)
+    if tta == "tencrop":
+        crop_shifts(model)  # a model without its own crop is refused now, not at its first face
+    return lambda faces: predict_probabilities(model, faces, tta=None if tta == "none" else tta)
 
 
 @exit_on_user_error
@@ -380,7 +381,8 @@ def main(argv=None):
         args.checkpoint = shipped_model()
         print(f"using the shipped model {args.checkpoint} (no --checkpoint given)")
     settings = config_beside(args.checkpoint, args.set)["predict"]
-    predictor = Predictor(load_probabilities(args.checkpoint, args.weights), FaceFinder(settings), settings["margin"],
+    predictor = Predictor(load_probabilities(args.checkpoint, args.weights, settings["tta"]), FaceFinder(settings),
+                          settings["margin"],
                           detect=not args.no_detect)
     if args.webcam is not None:
         run_webcam(predictor, args.webcam)

@@ -12,7 +12,7 @@ import data
 import evaluate
 import predict
 from common import TEST_SIGNAL, exit_on_user_error
-from conftest import run_script
+from conftest import ROOT, run_script
 
 pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
 
@@ -211,6 +211,24 @@ def test_an_input_in_the_output_folder_is_not_written_over(trained_run, astronau
     assert photo.read_bytes() == astronaut.read_bytes() and (tmp_path / "link.png").is_symlink()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["link-2.png", "link.png", "photo.png",
                                                                "predictions.jsonl"]
+
+
+def test_test_time_augmentation_scores_each_face_as_evaluate_does(trained_run, astronaut, tmp_path, capsys):
+    [shipped] = sorted((ROOT / "models").glob("fer2013-*.keras"))  # trained with 44x44 crops
+    assert predict.main([str(astronaut), "--out", str(tmp_path), "--set", "predict.tta=tencrop"]) == 0
+    [record] = _records(tmp_path)
+    gray = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2GRAY)
+    face = predict.crop_face(gray, record["box"], margin=0.1)[None]
+    model = checkpoints.load_checkpoint(str(shipped))
+    tencrop, plain = (evaluate.predict_probabilities(model, face, tta=tta)[0] for tta in ("tencrop", None))
+    got = np.array(list(record["probabilities"].values()))
+    assert np.abs(got - tencrop).max() < 1e-5 < np.abs(got - plain).max()
+    run_dir, _ = trained_run  # the demo network does not crop: refused before any face is scored
+    with pytest.raises(SystemExit) as stopped:
+        exit_on_user_error(predict.main)(["--checkpoint", str(run_dir / "best.keras"), str(astronaut), "--out",
+                                          str(tmp_path / "none"), "--set", "predict.tta=tencrop"])
+    assert stopped.value.code == 2 and "needs a model that crops its input" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 def test_a_photo_without_a_face_says_0_faces_and_the_run_goes_on(trained_run, astronaut, tmp_path):
