@@ -4,6 +4,7 @@ import errno
 import functools
 import hashlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -29,10 +30,25 @@ def shipped_model(folder=MODELS):
 def signal_at(point):
     """For tests: send this process the signal that FER2013_TEST_SIGNAL names ("SIGKILL@epoch 3 batch 2",
     "SIGKILL@replace best.keras epoch 2", predict.py's "SIGINT@input 3") when it reaches that point, so that a
-    test interrupts a run at a named place instead of racing a timer. Does nothing without that variable."""
+    test interrupts a run at a named place instead of racing a timer; "MemoryError@..." stands for a device
+    that runs out of memory there. Does nothing without that variable."""
     name, _, at = os.environ.get(TEST_SIGNAL, "").partition("@")
     if at and at == point:
+        if name == "MemoryError":
+            raise MemoryError(f"out of memory at {point} ({TEST_SIGNAL})")
         os.kill(os.getpid(), getattr(signal, name))
+
+
+def out_of_memory(error):
+    """The first line of what an exception says, where it says that memory ran out (NumPy's MemoryError,
+    TensorFlow's ResourceExhaustedError, JAX's RESOURCE_EXHAUSTED, PyTorch's OutOfMemoryError or its CPU
+    allocator's); else None."""
+    text = str(error).strip()
+    if not (isinstance(error, MemoryError) or type(error).__name__ in ("ResourceExhaustedError", "OutOfMemoryError")
+            or "RESOURCE_EXHAUSTED" in text[:300] or "can't allocate memory" in text[:300]):
+        return None
+    line = re.sub(r"^\{\{[^}]*\}\}\s*", "", text.splitlines()[0] if text else type(error).__name__)
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 class UserError(Exception):
@@ -40,8 +56,8 @@ class UserError(Exception):
 
 
 def exit_on_user_error(main):
-    """Run a script's main so that a UserError, or a disk that is full, prints one line (no traceback) and exits
-    with status 2; Ctrl-C prints "interrupted" and exits with status 130."""
+    """Run a script's main so that a UserError, a disk that is full or a device out of memory prints one line (no
+    traceback) and exits with status 2; Ctrl-C prints "interrupted" and exits with status 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -61,6 +77,13 @@ def exit_on_user_error(main):
                 raise
             writing = f" (writing {error.filename})" if error.filename else ""
             print(f"error: {os.strerror(error.errno)}{writing}", file=sys.stderr)
+        except Exception as error:  # a batch too big for the device: the user's to fix, like a bad config
+            said = out_of_memory(error)
+            if said is None:
+                raise
+            print(f"error: out of memory ({said}): smaller batches need less (train.batch_size, "
+                  "train.validation_batch_size; evaluate.py --batch-size)", file=sys.stderr)
+            sys.exit(2)
         # Only a full disk gets here.
         if main.__module__ == "__main__":
             # A script ends here, without the C libraries' exit handlers: HDF5's closes the files that a failed
