@@ -350,8 +350,11 @@ def load_probabilities(checkpoint, weights=None, tta="none"):
             raise UserError("predict.tta tencrop needs a Keras checkpoint: an .onnx file does not say where its "
                             "model crops (flip works)")
         onnx = OnnxModel(checkpoint)
-        views = (lambda faces: faces, lambda faces: faces[:, :, ::-1])[:2 if tta == "flip" else 1]
-        return lambda faces: np.mean([onnx.predict(data.to_float(view(faces))) for view in views], axis=0)
+
+        def probabilities(faces):
+            plain = onnx.predict(data.to_float(faces))
+            return plain if tta == "none" else (plain + onnx.predict(data.to_float(faces[:, :, ::-1]))) / 2
+        return probabilities
     start_backend()
     from checkpoints import load_checkpoint
     from evaluate import crop_shifts, predict_probabilities
@@ -382,8 +385,7 @@ def main(argv=None):
         print(f"using the shipped model {args.checkpoint} (no --checkpoint given)")
     settings = config_beside(args.checkpoint, args.set)["predict"]
     predictor = Predictor(load_probabilities(args.checkpoint, args.weights, settings["tta"]), FaceFinder(settings),
-                          settings["margin"],
-                          detect=not args.no_detect)
+                          settings["margin"], detect=not args.no_detect)
     if args.webcam is not None:
         run_webcam(predictor, args.webcam)
         return 0
