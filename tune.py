@@ -34,7 +34,7 @@ import numpy as np
 import train
 from common import (UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure,
                     signal_at, write_text)
-from config import dump, flatten, load_config, read_yaml, set_key, validate
+from config import DEFAULTS, dump, flatten, load_config, read_yaml, set_key, validate
 from resume import STATE, Interrupted, SignalGuard, SignalInterrupt, read_state
 from search_space import SEARCH_DEFAULTS, config_value, load_search
 
@@ -140,8 +140,7 @@ class TrainingTuner(keras_tuner.Tuner):
             return None
         state_file = os.path.join(run_dir, STATE)
         if os.path.isfile(state_file):
-            earlier = read_yaml(os.path.join(run_dir, "config.yaml"))
-            if earlier == json.loads(json.dumps(config)):
+            if not differing(read_yaml(os.path.join(run_dir, "config.yaml")), config, DEFAULTS):
                 print(f"trial run {run_dir}: going on from its last complete epoch")
                 return read_state(run_dir)
         shutil.rmtree(run_dir)  # killed before its first epoch, or a different trial's: start afresh
@@ -172,6 +171,14 @@ def trial_metrics(run_dir, search, seconds, parent_epochs=0):
     return {**metrics, "epochs": float(parent_epochs + len(history)), "seconds": round(seconds, 1)}
 
 
+def differing(earlier, now, defaults):
+    """The dotted keys whose values differ between a record an earlier run wrote and now. A key missing from the
+    record is one that the code which wrote it did not have yet: that code ran as the key's default does."""
+    earlier, now, defaults = (flatten(json.loads(json.dumps(part))) for part in (earlier, now, defaults))
+    before = {**{key: defaults[key] for key in now if key in defaults}, **earlier}
+    return sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
+
+
 def check_same_search(search_dir, base_config, search):
     """A rerun resumes the search in search_dir only if it is the same search (max_trials may grow)."""
     settings = {"config": base_config, "search": {key: search[key] for key in SEARCH_DEFAULTS if key != "max_trials"}}
@@ -180,11 +187,10 @@ def check_same_search(search_dir, base_config, search):
     earlier = _read(path)
     if earlier is not None:
         earlier = json.loads(earlier)
-        for part in ("search", "config"):
-            before, now = flatten(earlier[part]), flatten(settings[part])
-            differing = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
-            if differing:
-                raise UserError(f"{search_dir} holds a search with another {part} ({differing[0]} differs): "
+        for part, defaults in (("search", SEARCH_DEFAULTS), ("config", DEFAULTS)):
+            keys = differing(earlier[part], settings[part], defaults)
+            if keys:
+                raise UserError(f"{search_dir} holds a search with another {part} ({keys[0]} differs): "
                                 "give this one another name (the search file's 'name')")
         return True
     os.makedirs(search_dir, exist_ok=True)

@@ -197,6 +197,28 @@ def test_another_search_under_the_same_name_is_refused(tmp_path):
         tune.check_same_search(str(tmp_path / "same"), config, other)
 
 
+def test_a_search_or_trial_recorded_before_a_config_key_existed_resumes(tmp_path):
+    # A key added to the config since (predict.tta, here) is missing from what the older code wrote; that code ran
+    # as the key's default does, so the search resumes, and so does its interrupted trial.
+    config = load_config(overrides=[f"output.dir={tmp_path}"])
+    search = search_space.load_search(str(write_search(tmp_path / "a.yaml", "older")), config)
+    tune.check_same_search(str(tmp_path / "older"), config, search)
+    record = json.loads((tmp_path / "older" / "search.json").read_text())
+    del record["config"]["predict"]["tta"]
+    (tmp_path / "older" / "search.json").write_text(json.dumps(record))
+    assert tune.check_same_search(str(tmp_path / "older"), config, search) is True
+    with pytest.raises(UserError, match=r"another config \(predict.tta differs\)"):
+        tune.check_same_search(str(tmp_path / "older"), {**config, "predict": {**config["predict"], "tta": "flip"}},
+                               search)
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    (trial / "config.yaml").write_text(json.dumps(record["config"]))  # YAML reads JSON
+    (trial / "state.json").write_text(json.dumps({"epochs_done": 1}))
+    assert tune.TrainingTuner._earlier_run(str(trial), config)["epochs_done"] == 1
+    assert tune.TrainingTuner._earlier_run(str(trial), {**config, "train": {**config["train"], "epochs": 7}}) is None
+    assert not trial.exists()  # another trial's run: started afresh
+
+
 def test_hyperband_trials_take_their_epochs_from_the_bracket(tmp_path):
     config = load_config()
     path = tmp_path / "hb.yaml"
