@@ -30,12 +30,9 @@ def shipped_model(folder=MODELS):
 def signal_at(point):
     """For tests: send this process the signal that FER2013_TEST_SIGNAL names ("SIGKILL@epoch 3 batch 2",
     "SIGKILL@replace best.keras epoch 2", predict.py's "SIGINT@input 3") when it reaches that point, so that a
-    test interrupts a run at a named place instead of racing a timer; "MemoryError@..." stands for a device
-    that runs out of memory there. Does nothing without that variable."""
+    test interrupts a run at a named place instead of racing a timer. Does nothing without that variable."""
     name, _, at = os.environ.get(TEST_SIGNAL, "").partition("@")
     if at and at == point:
-        if name == "MemoryError":
-            raise MemoryError(f"out of memory at {point} ({TEST_SIGNAL})")
         os.kill(os.getpid(), getattr(signal, name))
 
 
@@ -56,8 +53,9 @@ class UserError(Exception):
 
 
 def exit_on_user_error(main):
-    """Run a script's main so that a UserError, a disk that is full or a device out of memory prints one line (no
-    traceback) and exits with status 2; Ctrl-C prints "interrupted" and exits with status 130."""
+    """Run a script's main so that a UserError, a disk that is full, a file that cannot be written (a read-only file
+    system) or read (permission denied), or a device out of memory prints one line (no traceback) and exits with
+    status 2; Ctrl-C prints "interrupted" and exits with status 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -72,11 +70,12 @@ def exit_on_user_error(main):
         except BrokenPipeError:  # output piped into `head` and the like: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
-        except OSError as error:  # a full disk or quota: the user's to fix, like a bad file
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except OSError as error:  # a full disk, a quota, a read-only place: the user's to fix, like a bad file
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
                 raise
-            writing = f" (writing {error.filename})" if error.filename else ""
-            print(f"error: {os.strerror(error.errno)}{writing}", file=sys.stderr)
+            verb = "" if error.errno == errno.EACCES else "writing "  # permission denied: reading or writing
+            where = f" ({verb}{error.filename})" if error.filename else ""
+            print(f"error: {os.strerror(error.errno)}{where}", file=sys.stderr)
         except Exception as error:  # a batch too big for the device: the user's to fix, like a bad config
             said = out_of_memory(error)
             if said is None:
@@ -84,7 +83,7 @@ def exit_on_user_error(main):
             print(f"error: out of memory ({said}): smaller batches need less (train.batch_size, "
                   "train.validation_batch_size; evaluate.py --batch-size)", file=sys.stderr)
             sys.exit(2)
-        # Only a full disk gets here.
+        # Only a full disk or a file that cannot be written or read gets here.
         if main.__module__ == "__main__":
             # A script ends here, without the C libraries' exit handlers: HDF5's closes the files that a failed
             # write left open, and crashed doing so (rc 139).

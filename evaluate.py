@@ -7,7 +7,8 @@
     python evaluate.py --checkpoint A/best.keras [B/best.keras] --soft-labels teacher.npz   # a teacher, as a file
 
 Prints the accuracy and a per-class report, and writes metrics.json and confusion_matrix.png beside the
-checkpoint (or in --out; for the model shipped in models/, in runs/evaluate-<its name>/). For a checkpoint not
+checkpoint (or in --out; for the model shipped in models/, or one in a folder that cannot be written, in
+runs/evaluate-<its name>/). For a checkpoint not
 named best.keras the files carry its name (metrics-last.json, confusion_matrix-last.png), and a split other than
 PrivateTest its name (metrics-PublicTest.json), so that evaluations of one run never overwrite each other; an
 ensemble's files are metrics-ensemble.json ..., beside its first checkpoint.
@@ -240,10 +241,11 @@ def data_for(checkpoint, data_path):
 
 
 def default_out(checkpoint):
-    """Beside the checkpoint; for a model shipped in models/, runs/evaluate-<its name>/, so that models/ holds
-    the shipped files alone (and no file with FER2013's labels)."""
+    """Beside the checkpoint; for a model shipped in models/ (which holds the shipped files alone, and no file with
+    FER2013's labels) or one in a folder this process cannot write (a read-only mount, as Kaggle's /kaggle/input),
+    runs/evaluate-<its name>/."""
     folder = os.path.dirname(os.path.abspath(checkpoint))
-    if os.path.isdir(MODELS) and os.path.samefile(folder, MODELS):
+    if (os.path.isdir(MODELS) and os.path.samefile(folder, MODELS)) or not os.access(folder, os.W_OK | os.X_OK):
         return os.path.join("runs", "evaluate-" + os.path.splitext(os.path.basename(checkpoint))[0])
     return folder
 
@@ -258,7 +260,8 @@ def main(argv=None):
     parser.add_argument("--data", help="fer2013.csv or image folder (default: the run's data.path)")
     parser.add_argument("--split", default="PrivateTest", choices=data.USAGES, help="default: PrivateTest")
     parser.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: beside the "
-                                      "checkpoint; for a model shipped in models/, runs/evaluate-<its name>/)")
+                                      "checkpoint; for a model shipped in models/ or in a folder that cannot be "
+                                      "written, runs/evaluate-<its name>/)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--tta", nargs="?", const="flip", choices=("flip", "tencrop"),
                         help="test-time augmentation: flip (the default) averages each face with its mirror image; "

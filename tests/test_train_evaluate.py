@@ -1,4 +1,7 @@
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -109,6 +112,26 @@ def test_evaluate_reads_the_model_json_export_and_another_split(trained_run, tmp
         from_json["confusion_matrix"]
     assert json.loads((tmp_path / "metrics-last.json").read_text())["split"] == "PrivateTest"
     assert len(list(tmp_path.glob("predictions*.csv"))) == 3
+
+
+def test_a_checkpoint_on_a_read_only_mount_is_scored_and_an_unwritable_out_is_one_line(trained_run, synthetic_csv,
+                                                                                         astronaut, tmp_path):
+    # As Kaggle's /kaggle/input: a file system mounted read-only, in a mount namespace (Linux, as root).
+    read_only = tmp_path / "input"
+    read_only.mkdir()
+    if not shutil.which("unshare") or subprocess.run(["unshare", "--mount", "mount", "-t", "tmpfs", "tmpfs",
+                                                      read_only], capture_output=True).returncode:
+        pytest.skip("needs unshare --mount and mount (root on Linux) for a read-only file system")
+    run_dir, _ = trained_run
+    script = (f"mount -t tmpfs tmpfs {read_only} && cp {run_dir / 'best.keras'} {read_only} && mount -o remount,ro "
+              f"{read_only} || exit 9; cd {tmp_path}; {sys.executable} {ROOT / 'evaluate.py'} --checkpoint "
+              f"{read_only / 'best.keras'} --data {synthetic_csv} || exit 8; exec {sys.executable} "
+              f"{ROOT / 'predict.py'} --checkpoint {read_only / 'best.keras'} {astronaut} --out {read_only / 'out'}")
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "wrote runs/evaluate-best/metrics.json" in result.stdout  # beside it could not be written
+    assert json.loads((tmp_path / "runs" / "evaluate-best" / "metrics.json").read_text())["n"] == 200
+    assert result.stderr.splitlines()[-1] == f"error: Read-only file system (writing {read_only / 'out'})"
 
 
 def test_an_ensemble_scores_the_mean_of_its_members_probabilities(trained_run, synthetic_csv, tmp_path):
