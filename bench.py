@@ -352,6 +352,7 @@ def main(argv=None):
     if args.json:
         record = {"command": "python bench.py " + " ".join(argv), "date": time.strftime("%Y-%m-%d"),
                   "machine": about, "figures": figures}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         write_text(args.json, without_home(json.dumps(record, indent=1)) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -277,6 +277,7 @@ def main(argv=None):
     with pd.option_context("display.width", 200):
         print(counts_table(faces).to_string())
     if args.preview:
+        os.makedirs(os.path.dirname(os.path.abspath(args.preview)), exist_ok=True)
         plot_preview(faces, args.preview)
         print(f"wrote {args.preview}")
     return 0

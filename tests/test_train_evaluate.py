@@ -281,7 +281,8 @@ def test_mistakes_shows_the_most_confident_wrong_answers(tmp_path):
 
 
 def test_data_preview_draws_faces_of_every_emotion_with_the_counts(synthetic_csv, tmp_path):
-    result = run_script("data.py", synthetic_csv, "--preview", tmp_path / "faces.png")
+    preview = tmp_path / "new folder" / "faces.png"  # a folder that does not exist yet is made
+    result = run_script("data.py", synthetic_csv, "--preview", preview)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"wrote {tmp_path / 'faces.png'}" in result.stdout and "Happy" in result.stdout
-    assert (tmp_path / "faces.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {preview}" in result.stdout and "Happy" in result.stdout
+    assert preview.read_bytes()[:4] == b"\x89PNG"
