@@ -11,6 +11,7 @@ import data
 import evaluate
 import export
 import train
+from common import UserError
 from config import load_config
 from conftest import ROOT, assert_user_error, needs, run_script
 from model import build_model
@@ -129,7 +130,8 @@ def test_bad_input_is_one_line_and_exit_status_2(trained_run, tmp_path):
     folder = tmp_path / "notes"  # a SavedModel is a folder: an existing one of other files is not replaced
     folder.mkdir()
     (folder / "thesis.tex").write_text("mine")
-    assert_user_error(run_script("export.py", run_dir / "best.keras", folder), "not an earlier SavedModel")
+    with pytest.raises(UserError, match="not an earlier SavedModel"):
+        export.export(str(run_dir / "best.keras"), str(folder))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "not-onnx.onnx", "notes"]
     assert [path.name for path in folder.iterdir()] == ["thesis.tex"]
 

@@ -1,4 +1,5 @@
 """resume.py and train.py: resumable training, atomic checkpoints, reproducible runs, clear errors for bad checkpoints and output."""
+import errno
 import json
 import os
 import shutil
@@ -294,7 +295,7 @@ def test_a_full_disk_stops_training_in_one_line_and_what_it_kept_resumes(tmp_pat
     assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]
 
 
-def test_a_device_out_of_memory_is_one_line_and_exit_status_2(capsys):
+def test_a_device_out_of_memory_or_a_read_only_disk_is_one_line_and_exit_status_2(capsys):
     import tensorflow as tf
 
     @common.exit_on_user_error
@@ -310,6 +311,15 @@ def test_a_device_out_of_memory_is_one_line_and_exit_status_2(capsys):
         "shape[4096,48,48,64] and type half on GPU:0): smaller batches need less (train.batch_size, " \
         "train.validation_batch_size; evaluate.py --batch-size)"
     assert common.out_of_memory(ValueError("a bad value")) is None
+
+    @common.exit_on_user_error
+    def write():  # what the operating system says of a read-only mount (as Kaggle's /kaggle/input)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), "/kaggle/input/run/metrics.json")
+
+    with pytest.raises(SystemExit) as stopped:
+        write()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "error: Read-only file system (writing /kaggle/input/run/metrics.json)\n"
 
 
 def test_resume_refuses_other_faces_than_the_run_started_with(tmp_path, synthetic_csv):

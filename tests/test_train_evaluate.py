@@ -114,8 +114,7 @@ def test_evaluate_reads_the_model_json_export_and_another_split(trained_run, tmp
     assert len(list(tmp_path.glob("predictions*.csv"))) == 3
 
 
-def test_a_checkpoint_on_a_read_only_mount_is_scored_and_an_unwritable_out_is_one_line(trained_run, synthetic_csv,
-                                                                                         astronaut, tmp_path):
+def test_a_checkpoint_on_a_read_only_mount_is_scored(trained_run, synthetic_csv, tmp_path):
     # As Kaggle's /kaggle/input: a file system mounted read-only, in a mount namespace (Linux, as root).
     read_only = tmp_path / "input"
     read_only.mkdir()
@@ -125,13 +124,11 @@ def test_a_checkpoint_on_a_read_only_mount_is_scored_and_an_unwritable_out_is_on
     run_dir, _ = trained_run
     script = (f"mount -t tmpfs tmpfs {read_only} && cp {run_dir / 'best.keras'} {read_only} && mount -o remount,ro "
               f"{read_only} || exit 9; cd {tmp_path}; {sys.executable} {ROOT / 'evaluate.py'} --checkpoint "
-              f"{read_only / 'best.keras'} --data {synthetic_csv} || exit 8; exec {sys.executable} "
-              f"{ROOT / 'predict.py'} --checkpoint {read_only / 'best.keras'} {astronaut} --out {read_only / 'out'}")
+              f"{read_only / 'best.keras'} --data {synthetic_csv}")
     result = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "wrote runs/evaluate-best/metrics.json" in result.stdout  # beside it could not be written
     assert json.loads((tmp_path / "runs" / "evaluate-best" / "metrics.json").read_text())["n"] == 200
-    assert result.stderr.splitlines()[-1] == f"error: Read-only file system (writing {read_only / 'out'})"
 
 
 def test_an_ensemble_scores_the_mean_of_its_members_probabilities(trained_run, synthetic_csv, tmp_path):
