@@ -8,10 +8,10 @@
 
 Prints the accuracy and a per-class report, and writes metrics.json and confusion_matrix.png beside the
 checkpoint (or in --out; for the model shipped in models/, or one in a folder that cannot be written, in
-runs/evaluate-<its name>/). For a checkpoint not
-named best.keras the files carry its name (metrics-last.json, confusion_matrix-last.png), and a split other than
-PrivateTest its name (metrics-PublicTest.json), so that evaluations of one run never overwrite each other; an
-ensemble's files are metrics-ensemble.json ..., beside its first checkpoint.
+runs/evaluate-<its name>/). For a checkpoint not named best.keras the files carry its name (metrics-last.json,
+confusion_matrix-last.png), and a split other than PrivateTest its name (metrics-PublicTest.json), so that
+evaluations of one run never overwrite each other; an ensemble's files are metrics-ensemble.json ..., beside its
+first checkpoint.
 """
 if __name__ == "__main__":  # first, before the imports below bring in Keras
     from common import start_backend

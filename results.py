@@ -228,8 +228,8 @@ def check_same_run(run_dir, out_dir):
     files one run has and the other lacks (ten-crop scores, a teacher) would stay, and read as the new run's."""
     if not os.path.isfile(os.path.join(out_dir, "environment.json")):
         return
-    ours, theirs = (_read_json(folder, "environment.json") if os.path.isfile(os.path.join(folder, "environment.json"))
-                    else {} for folder in (run_dir, out_dir))
+    theirs = _read_json(out_dir, "environment.json")
+    ours = _read_json(run_dir, "environment.json") if os.path.isfile(os.path.join(run_dir, "environment.json")) else {}
     if any(without_home(str(ours.get(key))) != without_home(str(theirs.get(key))) for key in ("started", "command")):
         raise UserError(f"{out_dir} holds the results of another run (started {theirs.get('started')}): give "
                         "another --out, or remove that folder first")
