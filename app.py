@@ -8,7 +8,7 @@
 Served with Gradio. The Photo tab takes one or more photos and shows each with its faces boxed, a bar chart of
 the seven probabilities per face, and the JSON lines predict.py writes, to download. The Webcam tab streams the
 browser's camera to the app and shows the annotated frames as they come back, with the frames per second. Both
-go through predict.py's own face finder, crop and model (its Predictor), with the predict settings of the
+go through predict.py's own face finder and crop (detect.py) and model (its Predictor), with the predict settings of the
 checkpoint's run (config.yaml beside it) and --set overrides.
 """
 import argparse
@@ -22,6 +22,7 @@ from collections import deque
 import numpy as np
 
 import data
+import detect
 import predict
 from common import UserError, exit_on_user_error, pyplot, shipped_model
 from config import config_beside
@@ -43,7 +44,7 @@ def load_predictor(checkpoint, overrides=()):
         checkpoint = shipped_model()
     settings = config_beside(checkpoint, overrides)["predict"]
     predictor = predict.Predictor(predict.load_probabilities(checkpoint, tta=settings["tta"]),
-                                  predict.FaceFinder(settings), settings["margin"])
+                                  detect.FaceFinder(settings), settings["margin"])
     return predictor, checkpoint
 
 
@@ -73,7 +74,7 @@ def analyse_photos(predictor, paths, out_dir):
     for path in paths:
         name = os.path.basename(path)
         try:
-            image = predict.read_image(path)
+            image = detect.read_image(path)
         except OSError as error:
             lines.append(f"**{name}**: {error}; give a photo (JPEG, PNG, ...)")
             continue
@@ -91,7 +92,7 @@ def analyse_photos(predictor, paths, out_dir):
 
 
 class Live:
-    """One browser's webcam stream: its faces followed from frame to frame (predict.LiveFinder), and the frames
+    """One browser's webcam stream: its faces followed from frame to frame (detect.LiveFinder), and the frames
     answered per second over the last RATE_WINDOW frames."""
 
     def __init__(self, predictor):
@@ -146,7 +147,8 @@ def build_app(predictor, checkpoint):
                     summary = gr.Markdown(elem_id="photo-summary")
                     download = gr.File(label="predictions.jsonl", elem_id="photo-jsonl")
                 with gr.Column():
-                    gallery = gr.Gallery(label="Faces", elem_id="photo-gallery", columns=2, height="auto")
+                    gallery = gr.Gallery(label="Faces", elem_id="photo-gallery", columns=2, height="auto",
+                                         format="jpeg")
                     chart = gr.Plot(label="Probabilities per face", elem_id="photo-chart")
             files.change(on_photos, files, [gallery, summary, chart, download])
         with gr.Tab("Webcam"):

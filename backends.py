@@ -5,6 +5,7 @@ The one module that uses TensorFlow, JAX or PyTorch directly (common.start_backe
 devices), so that model.py, train.py and evaluate.py stay plain Keras 3 and run on any backend
 (KERAS_BACKEND=tensorflow, the default, jax or torch).
 """
+import os
 import types
 
 from common import UserError, native_stderr_held
@@ -158,6 +159,17 @@ def list_devices():
 
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu:0"]
     return keras.distribution.list_devices()
+
+
+def unused_gpu(found, driver="/proc/driver/nvidia/version"):
+    """A line for a machine whose NVIDIA driver is loaded while the backend found no GPU (`found`: gpus()), as with
+    TensorFlow installed without its CUDA libraries; else None."""
+    if found or not os.path.exists(driver):
+        return None
+    build = {"tensorflow": "pip install 'tensorflow[and-cuda]'", "jax": "pip install 'jax[cuda12]'"}.get(
+        backend(), "PyTorch's CUDA build (pytorch.org)")
+    return (f"note: an NVIDIA driver is loaded but {backend()} finds no GPU, so this runs on the CPU; {build} "
+            "gives it the GPU")
 
 
 def describe_devices():

@@ -52,10 +52,25 @@ class UserError(Exception):
     """Something the user supplied is wrong (file, config, checkpoint): reported in one line, exit status 2."""
 
 
+def os_error_line(error):
+    """The line for an OSError that is the user's to fix: a full disk, a read-only place, a file that cannot be
+    read or written, a file where a folder is needed (--out photo.jpg) or a folder where a file is."""
+    if error.errno in (errno.EEXIST, errno.ENOTDIR) and error.filename:
+        path = os.path.abspath(error.filename)  # the file may be the path itself or one of the folders above it
+        while not os.path.isfile(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        if os.path.isfile(path):
+            return f"{path} is a file, where a folder is needed"
+    if error.errno == errno.EISDIR and error.filename:  # os.replace(temporary, folder) names the folder second
+        return f"{error.filename2 or error.filename} is a folder, where a file is needed"
+    verb = "" if error.errno == errno.EACCES else "writing "  # permission denied: reading or writing
+    return os.strerror(error.errno) + (f" ({verb}{error.filename})" if error.filename else "")
+
+
 def exit_on_user_error(main):
     """Run a script's main so that a UserError, a disk that is full, a file that cannot be written (a read-only file
-    system) or read (permission denied), or a device out of memory prints one line (no traceback) and exits with
-    status 2; Ctrl-C prints "interrupted" and exits with status 130."""
+    system) or read (permission denied) or is in a folder's place (os_error_line), or a device out of memory prints
+    one line (no traceback) and exits with status 2; Ctrl-C prints "interrupted" and exits with status 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -70,12 +85,11 @@ def exit_on_user_error(main):
         except BrokenPipeError:  # output piped into `head` and the like: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
-        except OSError as error:  # a full disk, a quota, a read-only place: the user's to fix, like a bad file
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        except OSError as error:  # a full disk, a read-only place, a file in a folder's place: the user's to fix
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EEXIST, errno.ENOTDIR,
+                                   errno.EISDIR):
                 raise
-            verb = "" if error.errno == errno.EACCES else "writing "  # permission denied: reading or writing
-            where = f" ({verb}{error.filename})" if error.filename else ""
-            print(f"error: {os.strerror(error.errno)}{where}", file=sys.stderr)
+            print(f"error: {os_error_line(error)}", file=sys.stderr)
         except Exception as error:  # a batch too big for the device: the user's to fix, like a bad config
             said = out_of_memory(error)
             if said is None:
@@ -83,7 +97,7 @@ def exit_on_user_error(main):
             print(f"error: out of memory ({said}): smaller batches need less (train.batch_size, "
                   "train.validation_batch_size; evaluate.py --batch-size)", file=sys.stderr)
             sys.exit(2)
-        # Only a full disk or a file that cannot be written or read gets here.
+        # Only an OSError of os_error_line's gets here.
         if main.__module__ == "__main__":
             # A script ends here, without the C libraries' exit handlers: HDF5's closes the files that a failed
             # write left open, and crashed doing so (rc 139).

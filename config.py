@@ -60,8 +60,8 @@ DEFAULTS = {
         "checkpoint": {"monitor": "val_loss", "save_best_only": True},
     },
     "output": {"dir": "runs", "name": None, "tensorboard": False, "state_seconds": 30},
-    "predict": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "margin": 0.1, "video_detect_width": 320,
-                "tta": "none"},
+    "predict": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "margin": 0.1, "photo_detect_width": 1280,
+                "video_detect_width": 320, "tta": "none"},
 }
 
 # Keys whose values are not of their default's type: null and what else they take.
@@ -76,6 +76,7 @@ TYPES = {
     "train.weight_decay": (int, float, type(None)),
     "output.name": (str, type(None)),
     "output.state_seconds": (int, float),
+    "predict.photo_detect_width": (int, type(None)),
     "predict.video_detect_width": (int, type(None)),
 }
 CHOICES = {
@@ -339,8 +340,9 @@ def check_other_values(config, require):
     require(config["predict"]["min_neighbors"] >= 0, "predict.min_neighbors", "must be >= 0")
     require(config["predict"]["min_size"] > 0, "predict.min_size", "must be > 0")
     require(0 <= config["predict"]["margin"] <= 1, "predict.margin", "must be in [0, 1]")
-    width = config["predict"]["video_detect_width"]
-    require(width is None or width >= 24, "predict.video_detect_width", "must be 24 or more, or null (full size)")
+    for key in ("photo_detect_width", "video_detect_width"):
+        width = config["predict"][key]
+        require(width is None or width >= 24, f"predict.{key}", "must be 24 or more, or null (full size)")
     jit_compile = config["train"]["jit_compile"]
     require(jit_compile == "auto" or isinstance(jit_compile, bool), "train.jit_compile", "must be auto, true or false")
     require(config["data"]["cache_dir"] is None or config["data"]["cache_dir"].strip() != "", "data.cache_dir",

@@ -37,6 +37,12 @@ def load_data(dataset_path, cache_dir="auto"):
     return to_float(train.images), one_hot(train.labels), to_float(test.images), one_hot(test.labels)
 
 
+def download_command(path):
+    """The command that puts FER2013 at `path` (where path is .../fer2013.csv), or in data/."""
+    folder = os.path.dirname(path) or "."
+    return f"python download.py --dest {folder}" if os.path.basename(path) == "fer2013.csv" else "python download.py"
+
+
 def read_faces(path, cache_dir="auto"):
     """Read a FER2013 CSV (.csv or .csv.gz) or an image-folder release into uint8 arrays.
 
@@ -45,7 +51,7 @@ def read_faces(path, cache_dir="auto"):
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise UserError(f"{path}: no such file or folder")
+        raise UserError(f"{path}: no such file or folder (`{download_command(path)}` fetches FER2013 from Kaggle)")
     read = read_folders if os.path.isdir(path) else read_csv
     directory = cache_location(cache_dir)
     if directory is None:

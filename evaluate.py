@@ -3,6 +3,7 @@
     python evaluate.py --checkpoint RUN/best.keras [--data PATH] [--split PrivateTest|PublicTest] [--out DIR]
     python evaluate.py --checkpoint RUN/model.json [--weights RUN/model.weights.h5]
     python evaluate.py --checkpoint model.json --weights model.h5       # the 2018 notebook's own files
+    python evaluate.py --checkpoint model.onnx [--tta]                  # an export, on onnxruntime
     python evaluate.py --checkpoint A/best.keras B/best.keras --tta tencrop   # an ensemble: probabilities averaged
     python evaluate.py --checkpoint A/best.keras [B/best.keras] --soft-labels teacher.npz   # a teacher, as a file
 
@@ -146,9 +147,10 @@ def evaluate_model(model, faces, split="PrivateTest", batch_size=256, tta=None):
 
 def report_names(checkpoint, tta=None, split="PrivateTest"):
     """metrics.json, confusion_matrix.png, predictions.csv, mistakes.png for best.keras on PrivateTest;
-    metrics-<stem>.json ... for any other checkpoint; -PublicTest or -Training added for another split, -tta with
-    flip test-time augmentation, -tencrop with ten crops."""
-    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    metrics-<stem>.json ... for any other checkpoint (metrics-best-onnx.json for best.onnx); -PublicTest or
+    -Training added for another split, -tta with flip test-time augmentation, -tencrop with ten crops."""
+    stem, extension = os.path.splitext(os.path.basename(checkpoint))
+    stem += "-onnx" if extension == ".onnx" else ""
     suffix = (("" if stem == "best" else f"-{stem}") + ("" if split == "PrivateTest" else f"-{split}")
               + ({"tencrop": "-tencrop"}.get(tta, "-tta") if tta else ""))
     return (f"metrics{suffix}.json", f"confusion_matrix{suffix}.png", f"predictions{suffix}.csv",
@@ -224,6 +226,15 @@ def print_report(metrics):
         print(f"{name:>10} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
 
 
+def load_model(path, weights=None):
+    """A checkpoint (checkpoints.load_checkpoint), or an .onnx export run by onnxruntime (export.OnnxModel)."""
+    if path.endswith(".onnx"):
+        from export import OnnxModel
+
+        return OnnxModel(path)
+    return load_checkpoint(path, weights)
+
+
 def load_split(path, split, limit=None, cache_dir="auto"):
     faces = data.limit_rows(data.read_faces(path, cache_dir), limit)
     selected = faces.select(faces.usage == data.USAGES.index(split))
@@ -253,9 +264,9 @@ def default_out(checkpoint):
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", nargs="+", help="a .keras file, a Keras 2 .h5/.hdf5/.hd5 model, or a "
-                        "model.json (with --weights); several: an ensemble, scored on their averaged probabilities; "
-                        "default: the model shipped in models/")
+    parser.add_argument("--checkpoint", nargs="+", help="a .keras file, a Keras 2 .h5/.hdf5/.hd5 model, a "
+                        "model.json (with --weights), or an .onnx export; several: an ensemble, scored on their "
+                        "averaged probabilities; default: the model shipped in models/")
     parser.add_argument("--weights", help="weights for a model.json (default: the .h5 beside it)")
     parser.add_argument("--data", help="fer2013.csv or image folder (default: the run's data.path)")
     parser.add_argument("--split", default="PrivateTest", choices=data.USAGES, help="default: PrivateTest")
@@ -276,7 +287,10 @@ def main(argv=None):
         print(f"using the shipped model {args.checkpoint[0]} (no --checkpoint given)")
     if len(args.checkpoint) > 1 and args.weights:
         raise UserError("--weights goes with one model.json checkpoint, not an ensemble")
-    models = [load_checkpoint(path, args.weights) for path in args.checkpoint]
+    if args.tta == "tencrop" and any(path.endswith(".onnx") for path in args.checkpoint):
+        raise UserError("--tta tencrop needs Keras checkpoints: an .onnx file does not say where its model crops "
+                        "(--tta flip works)")
+    models = [load_model(path, args.weights) for path in args.checkpoint]
     first = args.checkpoint[0]
     data_path, limit, cache_dir = data_for(first, args.data)
     if args.soft_labels:

@@ -77,7 +77,10 @@ def float32_copy(model):
 
 
 class OnnxModel:
-    """An exported .onnx file run by onnxruntime: 48x48x1 float faces in, the 7 probabilities out."""
+    """An exported .onnx file run by onnxruntime: 48x48x1 float faces in, the 7 probabilities out. evaluate.py
+    scores it as a Keras model (predict_on_batch; no layers, so no crop of its own to take ten crops from)."""
+
+    layers = ()
 
     def __init__(self, path):
         try:
@@ -100,6 +103,8 @@ class OnnxModel:
     def predict(self, faces):
         """Probabilities (N, 7) for float32 faces (N, 48, 48, 1) in [0, 1]."""
         return self.session.run(None, {self.input_name: np.asarray(faces, np.float32)})[0]
+
+    predict_on_batch = predict
 
 
 def run_litert(path, faces):

@@ -182,8 +182,9 @@ def prepare_data(config):
                   f"(a stand-in for demos, not FER2013)")
             data.write_csv(path, synthetic.make_synthetic(options["synthetic"], seed=0))
         else:
-            raise UserError(f"no dataset at {path}: download fer2013.csv from {data.FER2013_URL} and put it at "
-                            f"{path} (or point data.path at it, e.g. --set data.path=/path/to/fer2013.csv)")
+            raise UserError(f"no dataset at {path}: `{data.download_command(path)}` fetches FER2013 from Kaggle, or "
+                            f"download fer2013.csv from {data.FER2013_URL} (or point data.path at it: --set "
+                            "data.path=...)")
     started = time.time()
     faces = data.limit_rows(data.read_faces(path, options["cache_dir"]), options["limit"])
     train, validation, test = data.split(faces, options["protocol"], options["validation_split"], path)

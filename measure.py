@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -49,12 +48,16 @@ def notebook_load_data(dataset_path, width=48, height=48, num_classes=7):
 
 
 def peak_mib():
-    """This process's peak resident memory. Linux's VmHWM starts afresh at exec, unlike ru_maxrss, which a
-    child inherits from the process that started it."""
+    """This process's peak resident memory (NaN on Windows). Linux's VmHWM starts afresh at exec, unlike ru_maxrss,
+    which a child inherits from the process that started it."""
     try:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
     except (OSError, StopIteration):
+        try:
+            import resource  # Unix only
+        except ImportError:
+            return float("nan")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
@@ -303,6 +306,7 @@ def measure_video(how, precision, frames, folder):
     -320 (predict.video_detect_width's default)."""
     import keras
 
+    import detect
     import export
     import predict
     from config import load_config
@@ -319,7 +323,7 @@ def measure_video(how, precision, frames, folder):
     video = os.path.join(folder, "clip.mp4")
     write_test_video(video, frames)
     settings = {**config["predict"], "video_detect_width": None if detection == "full" else int(detection)}
-    predictor = predict.Predictor(predict.load_probabilities(checkpoint), predict.FaceFinder(settings),
+    predictor = predict.Predictor(predict.load_probabilities(checkpoint), detect.FaceFinder(settings),
                                   settings["margin"])
     predictor.frame(np.zeros((480, 640, 3), np.uint8))  # the first call builds the model's function
     records = []

@@ -2,14 +2,12 @@
 
     python predict.py --checkpoint runs/<run>/best.keras photo.jpg more/ clip.mp4 [--out predictions/]
     python predict.py --checkpoint runs/<run>/best.keras --no-detect faces48/     # already-cropped faces
-    python predict.py --checkpoint runs/<run>/best.keras --webcam [0]             # live window, q quits
+    python predict.py --checkpoint runs/<run>/best.keras --webcam [0]             # live window; q or closing it quits
 
-Faces are found with OpenCV's Haar cascade (the one inside the opencv package), each box widened by
-predict.margin, cut from the grayscale image and resized to 48x48 with cv2.resize, then / 255 as in training:
-the 2018 notebook's live demo used np.resize on the raw array instead, which repeats or truncates pixels and
-swaps width and height. Writes an annotated copy of each image and video (a box, the top emotion and its
-probability per face) and predictions.jsonl (one line per face: source, frame for videos, box, the seven
-probabilities, top emotion). Exit status 1 when some input could not be read, 2 for a bad checkpoint or option.
+Faces are found and cropped as detect.py says, each box widened by predict.margin. Writes an annotated copy of each
+image and video (a box, the top emotion and its probability per face) and predictions.jsonl (one line per face:
+source, frame for videos, box, the seven probabilities, top emotion). Exit status 1 when some input could not be
+read, 2 for a bad checkpoint or option.
 """
 import argparse
 import json
@@ -23,93 +21,12 @@ import numpy as np
 import data
 from common import UserError, exit_on_user_error, replaced_atomically, shipped_model, signal_at, start_backend
 from config import config_beside
+from detect import HEIC_EXTENSIONS, FaceFinder, LiveFinder, crop_face, import_cv2, read_image, to_gray
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", *HEIC_EXTENSIONS}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 BOX_COLOUR = (0, 200, 255)  # BGR
-
-
-def import_cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise UserError("predict.py needs OpenCV: pip install 'opencv-python-headless<5' (or opencv-python for "
-                        "the --webcam window)") from None
-    return cv2
-
-
-class FaceFinder:
-    """OpenCV's frontal-face Haar cascade with the config's predict settings."""
-
-    def __init__(self, options):
-        cv2 = import_cv2()
-        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
-        self.cascade = cv2.CascadeClassifier(path)
-        if self.cascade.empty():
-            raise UserError(f"OpenCV could not load its face detector {path}")
-        self.options = options
-
-    def __call__(self, gray, width=None, sizes=None):
-        """[(x, y, w, h)] of the faces in a grayscale image, left to right. With `width`, the search runs on the
-        image scaled down to that width (faster: the search's work grows with the pixels), boxes given in the
-        image's own pixels; faces smaller than the cascade's 24-pixel window at that scale are not found.
-        `sizes`: (smallest, largest) face to look for, in the image's pixels, instead of predict.min_size and up."""
-        scale = min(1.0, width / gray.shape[1]) if width else 1.0
-        if scale < 1:
-            cv2 = import_cv2()
-            gray = cv2.resize(gray, (width, max(1, round(gray.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-        smallest, largest = sizes or (self.options["min_size"], 0)
-        min_size, max_size = max(1, round(smallest * scale)), round(largest * scale)
-        boxes = self.cascade.detectMultiScale(gray, scaleFactor=self.options["scale_factor"],
-                                              minNeighbors=self.options["min_neighbors"], minSize=(min_size, min_size),
-                                              maxSize=(max_size, max_size))
-        return sorted((tuple(int(round(v / scale)) for v in box) for box in boxes), key=lambda box: box[0])
-
-
-class LiveFinder:
-    """Faces in a live camera's frames: a full search every `every` frames, and in between a search around each
-    face of the frame before only (boxes from 0.7 to 1.4 times its size), which costs a small part of a full
-    search; a frame in which a face is not found again gets a full search. A face that comes into view is found
-    at the next full search."""
-
-    def __init__(self, finder, width, every=10):
-        self.finder, self.width, self.every = finder, width, every
-        self.boxes, self.frames = [], 0
-
-    def __call__(self, gray):
-        near = self.frames % self.every and self.boxes and [self.near(gray, box) for box in self.boxes]
-        self.frames += 1
-        if near and all(near):
-            self.boxes = [found[0] for found in near]
-        else:
-            self.boxes = self.finder(gray, self.width)
-        return self.boxes
-
-    def near(self, gray, box):
-        x, y, w, h = box
-        left, top = max(0, x - w // 2), max(0, y - h // 2)
-        region = gray[top:y + h + h // 2, left:x + w + w // 2]
-        found = self.finder(region, None, sizes=(int(w * 0.7), int(w * 1.4)))
-        return [(bx + left, by + top, bw, bh) for bx, by, bw, bh in found]
-
-
-def crop_face(gray, box, margin=0.0):
-    """The 48x48 face the model sees: the box widened by `margin` of its size on each side (clipped to the
-    image), resized with cv2.resize. Rows are y and columns x: gray[y:y+h, x:x+w]."""
-    cv2 = import_cv2()
-    x, y, w, h = box
-    dx, dy = int(round(w * margin)), int(round(h * margin))
-    top, bottom = max(0, y - dy), min(gray.shape[0], y + h + dy)
-    left, right = max(0, x - dx), min(gray.shape[1], x + w + dx)
-    return cv2.resize(gray[top:bottom, left:right], (data.SIZE, data.SIZE), interpolation=cv2.INTER_AREA)
-
-
-def to_gray(image):
-    cv2 = import_cv2()
-    if image.ndim == 2:
-        return image
-    code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-    return cv2.cvtColor(image, code)
+WINDOW = "fer2013-keras (q quits)"  # the --webcam window
 
 
 class Predictor:
@@ -125,12 +42,12 @@ class Predictor:
         return boxes, self.score(gray, boxes)
 
     def find(self, image, video=False):
-        """(the frame in grayscale, its face boxes). Video and webcam frames are searched at
-        predict.video_detect_width, to keep up with a camera."""
+        """(the frame in grayscale, its face boxes). Photos are searched scaled down to predict.photo_detect_width,
+        video and webcam frames to predict.video_detect_width, to keep up with a camera."""
         gray = to_gray(image)
         if not self.detect:
             return gray, [(0, 0, gray.shape[1], gray.shape[0])]
-        return gray, self.finder(gray, self.finder.options["video_detect_width"] if video else None)
+        return gray, self.finder(gray, self.finder.options["video_detect_width" if video else "photo_detect_width"])
 
     def live(self):
         """A function frame -> (its grayscale, its face boxes) for one live camera's frames in turn (LiveFinder)."""
@@ -188,26 +105,12 @@ def expand_inputs(inputs):
 
 def output_name(path, used, extension=None):
     stem, original = os.path.splitext(os.path.basename(path))
-    name = stem + (extension or original)
-    n = 1
+    name, n = stem + (extension or original), 1
     while name in used:
         n += 1
         name = f"{stem}-{n}{extension or original}"
     used.add(name)
     return name
-
-
-def read_image(path):
-    """A photo as a uint8 BGR (or grayscale) array; OSError for a file that is not an image."""
-    cv2 = import_cv2()
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise OSError("not a readable image")
-    if image.dtype != np.uint8:  # 16-bit PNG or TIFF
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
 
 
 def describe(boxes, probabilities, detect=True):
@@ -235,8 +138,7 @@ def predict_image(predictor, path, out_dir, used, write):
 def frames_found_ahead(capture, predictor):
     """(frame, its grayscale, its face boxes) for each frame of a capture, read and searched one frame ahead on a
     thread of its own: OpenCV's decoding and face search run while the network scores the frame before (both
-    release the GIL). 1.06-1.09x the frames per second on 2 AVX2 cores, where each stage already keeps both
-    cores busy; more where the network is fast and detection is most of the time."""
+    release the GIL)."""
     def next_frame():
         ok, image = capture.read()
         return (image, *predictor.find(image, video=True)) if ok else None
@@ -313,13 +215,21 @@ def predict_files(predictor, files, out_dir):
     return 1 if failed else 0
 
 
+def window_closed(cv2, name):
+    """Whether the window was closed with its own button: imshow would open it again."""
+    try:
+        return cv2.getWindowProperty(name, cv2.WND_PROP_VISIBLE) < 1
+    except cv2.error:  # OpenCV's Qt builds raise once the window is gone
+        return True
+
+
 def run_webcam(predictor, camera):
     cv2 = import_cv2()
     capture = cv2.VideoCapture(camera)
     if not capture.isOpened():
         raise UserError(f"cannot open camera {camera}")
     try:
-        cv2.namedWindow("fer2013-keras (q quits)")
+        cv2.namedWindow(WINDOW)
     except cv2.error:
         capture.release()
         raise UserError("no window can be opened: --webcam needs a display and the full OpenCV "
@@ -332,8 +242,8 @@ def run_webcam(predictor, camera):
                 raise UserError(f"camera {camera} stopped giving frames")
             gray, boxes = find(image)
             probabilities = predictor.score(gray, boxes)
-            cv2.imshow("fer2013-keras (q quits)", predictor.annotate(image, boxes, probabilities))
-            if cv2.waitKey(1) & 0xFF == ord("q"):
+            cv2.imshow(WINDOW, predictor.annotate(image, boxes, probabilities))
+            if cv2.waitKey(1) & 0xFF == ord("q") or window_closed(cv2, WINDOW):
                 break
     finally:
         capture.release()
@@ -380,6 +290,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.inputs and args.webcam is None:
         raise UserError("give images, folders or videos to predict on, or --webcam")
+    if missing := [item for item in args.inputs if not os.path.exists(item)]:  # before the model loads
+        url = any("://" in item for item in missing)
+        raise UserError(f"no such file or folder: {', '.join(missing)}" + (" (download it first)" if url else ""))
     if args.checkpoint is None:
         args.checkpoint = shipped_model()
         print(f"using the shipped model {args.checkpoint} (no --checkpoint given)")

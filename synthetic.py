@@ -1,9 +1,10 @@
 """Synthetic FER-format faces: procedurally drawn 48x48 faces whose expression decides the class. A stand-in
 for demos and tests (the demo config draws them when its CSV is missing), never for FER2013.
 
-    python synthetic.py OUT.csv [--rows 3000] [--seed 0]     # as a Kaggle-format CSV
+    python synthetic.py OUT.csv [--rows 3000] [--seed 0] [--force]    # as a Kaggle-format CSV
 """
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -104,9 +105,12 @@ def main(argv=None):
     parser.add_argument("out", metavar="OUT.csv", help="the CSV to write")
     parser.add_argument("--rows", type=int, default=3000, help="rows of the CSV (default 3000)")
     parser.add_argument("--seed", type=int, default=0, help="its seed (default 0)")
+    parser.add_argument("--force", action="store_true", help="write over OUT.csv if it exists")
     args = parser.parse_args(argv)
     if args.rows <= 0:
         raise UserError(f"--rows must be positive, got {args.rows}")
+    if os.path.exists(args.out) and not args.force:  # `python synthetic.py fer2013.csv` would replace FER2013
+        raise UserError(f"{args.out} exists: synthetic.py writes a new file only (--force writes over it)")
     faces = make_synthetic(args.rows, args.seed)
     write_csv(args.out, faces)
     print(f"wrote {args.out}: {len(faces)} SYNTHETIC faces (not FER2013), seed {args.seed}")

@@ -153,6 +153,8 @@ def announce(model, run_dir, setup, state, init_weights=None, teachers=(), data_
     teachers it learns from, and the digest of its faces, fer2013.digest)."""
     model.summary()
     print(f"backend {backends.backend()}, devices: {backends.describe_devices()}")
+    if note := backends.unused_gpu(backends.gpus()):
+        print(note)
     calls = max(setup.group, setup.steps_per_execution)
     why = (" (scanned on the device)" if setup.group > 1 else "" if calls == setup.asked else
            " (Keras on PyTorch calls each step from Python)" if backends.backend() == "torch" else
@@ -362,8 +364,10 @@ def main(argv=None):
     else:
         return 0
     # Out of the except block, the error's traceback is free to go: the data pipeline's iterators are finalized
-    # while Python can still run their clean-up.
-    gc.collect()
+    # while Python can still run their clean-up. TensorFlow 2.22 logs each batch its stopped pipeline was still
+    # fetching as a failed op, with a traceback: held back, after the one line above.
+    with native_stderr_held():
+        gc.collect()
     return status
 
 

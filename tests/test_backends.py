@@ -65,6 +65,15 @@ def test_cpu_model_is_read_from_cpuinfo(tmp_path, monkeypatch):
     assert backends.cpu_model() == "AMD EPYC 9R14"
 
 
+def test_a_gpu_the_install_cannot_use_is_said(tmp_path):
+    driver = tmp_path / "version"  # as /proc/driver/nvidia/version, where the NVIDIA driver is loaded
+    assert backends.unused_gpu([], driver) is None
+    driver.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05\n")
+    assert backends.unused_gpu([], driver) == ("note: an NVIDIA driver is loaded but tensorflow finds no GPU, so this "
+                                               "runs on the CPU; pip install 'tensorflow[and-cuda]' gives it the GPU")
+    assert backends.unused_gpu([("NVIDIA H200", (9, 0))], driver) is None
+
+
 def test_mixed_precision_keeps_the_softmax_in_float32():
     import keras
 

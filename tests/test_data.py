@@ -315,6 +315,12 @@ def test_synthetic_csv_from_the_command_line(tmp_path):
     assert np.bincount(faces.usage).tolist() == [56, 7, 7]
     assert set(faces.labels.tolist()) == set(range(7))
     assert not np.array_equal(synthetic.make_synthetic(70, seed=5).images, faces.images)
+    before = out.read_bytes()  # a file that is there, perhaps the real FER2013, is kept unless --force
+    with pytest.raises(SystemExit, match="2"):
+        synthetic.main([str(out), "--rows", "7"])
+    assert out.read_bytes() == before
+    synthetic.main([str(out), "--rows", "7", "--force"])
+    assert len(data.read_faces(out)) == 7
 
 
 def test_counts_from_the_command_line(tmp_path):

@@ -92,10 +92,17 @@ def test_a_mixed_precision_model_is_exported_in_float32(mixed_precision_checkpoi
 NO_TENSORFLOW = "raise ImportError('this test runs without {name}')\n"
 
 
-def test_predict_runs_an_onnx_file_with_opencv_and_onnxruntime_alone(trained_run, astronaut, tmp_path):
+def test_predict_runs_an_onnx_file_with_opencv_and_onnxruntime_alone(trained_run, astronaut, synthetic_csv, tmp_path):
     run_dir, _ = trained_run
-    onnx_file = tmp_path / "model.onnx"
+    onnx_file = tmp_path / "best.onnx"
     assert export.main([str(run_dir / "best.keras"), str(onnx_file)]) == 0
+    # evaluate.py scores the export as it does the checkpoint, into files of its own name (not best.keras's).
+    for checkpoint in (run_dir / "best.keras", onnx_file):
+        evaluate.main(["--checkpoint", str(checkpoint), "--data", str(synthetic_csv), "--tta", "--out",
+                       str(tmp_path / "scores")])
+    scores = {path.name: json.loads(path.read_text()) for path in (tmp_path / "scores").glob("*.json")}
+    assert sorted(scores) == ["metrics-best-onnx-tta.json", "metrics-tta.json"]
+    assert scores["metrics-best-onnx-tta.json"]["accuracy"] == scores["metrics-tta.json"]["accuracy"]
     blocked = tmp_path / "blocked"
     for name in ("tensorflow", "keras", "jax"):
         (blocked / name).mkdir(parents=True)

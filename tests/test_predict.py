@@ -9,6 +9,7 @@ import pytest
 
 import checkpoints
 import data
+import detect
 import evaluate
 import predict
 from common import TEST_SIGNAL, exit_on_user_error
@@ -67,7 +68,7 @@ def test_video_frames_are_searched_scaled_down_and_boxes_come_back_in_frame_pixe
 
     frame = np.full((480, 640), 90, np.uint8)
     frame[90:390, 170:470] = cv2.resize(cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2GRAY), (300, 300))
-    finder = predict.FaceFinder(DEFAULTS["predict"])
+    finder = detect.FaceFinder(DEFAULTS["predict"])
     [(x, y, w, h)] = finder(frame)
     [(x2, y2, w2, h2)] = finder(frame, width=320)  # half the pixels each way
     assert abs(x2 - x) <= 4 and abs(y2 - y) <= 4 and abs(w2 - w) <= 4 and w > 40
@@ -75,6 +76,29 @@ def test_video_frames_are_searched_scaled_down_and_boxes_come_back_in_frame_pixe
     assert finder(frame, width=160) == []  # the 59-pixel face is below the cascade's 24-pixel window there
     predictor = predict.Predictor(lambda faces: np.zeros((len(faces), 7)), finder, margin=0.1)
     assert predictor.find(frame, video=True)[1] == [(x2, y2, w2, h2)]
+    assert predictor.find(frame)[1] == [(x, y, w, h)]  # a photo narrower than predict.photo_detect_width
+    photos_at_160 = detect.FaceFinder({**DEFAULTS["predict"], "photo_detect_width": 160})
+    assert predict.Predictor(None, photos_at_160, margin=0.1).find(frame)[1] == []
+
+
+def test_a_phone_photo_is_read_upright_and_other_pixel_formats_as_uint8(astronaut, tmp_path):
+    from PIL import Image
+
+    from config import DEFAULTS
+
+    upright = cv2.imread(str(astronaut))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to show
+    sideways = np.ascontiguousarray(np.rot90(upright[..., ::-1]))
+    Image.fromarray(sideways).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    photo = detect.read_image(str(tmp_path / "phone.jpg"))
+    assert photo.shape == upright.shape and np.abs(photo.astype(int) - upright).mean() < 4
+    assert len(detect.FaceFinder(DEFAULTS["predict"])(detect.to_gray(photo))) == 1
+    cv2.imwrite(str(tmp_path / "deep.png"), np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)
+    cv2.imwrite(str(tmp_path / "alpha.png"), np.full((8, 8, 4), 200, np.uint8))
+    deep, alpha = detect.read_image(str(tmp_path / "deep.png")), detect.read_image(str(tmp_path / "alpha.png"))
+    assert deep.dtype == np.uint8 and deep.shape == (64, 64) and deep.max() == 255
+    assert alpha.shape == (8, 8, 3) and (alpha == 200).all()
 
 
 def test_the_crop_fed_to_the_model_is_cv2_resize_of_the_box(trained_run):
@@ -83,19 +107,21 @@ def test_the_crop_fed_to_the_model_is_cv2_resize_of_the_box(trained_run):
     gray = rng.integers(0, 256, (90, 120), dtype=np.uint8)
     box = (10, 20, 30, 50)  # x, y, w, h: a tall box, so that swapped axes would show
     expected = cv2.resize(gray[20:70, 10:40], (48, 48), interpolation=cv2.INTER_AREA)
-    np.testing.assert_array_equal(predict.crop_face(gray, box, margin=0.0), expected)
+    np.testing.assert_array_equal(detect.crop_face(gray, box, margin=0.0), expected)
     # The notebook's crop: np.resize of gray[y:y+w, x:x+h] / 255 repeats the array's values, not the image.
     notebook = np.resize(gray[20:50, 10:60] / 255.0, (48, 48))
     assert not np.allclose(notebook, expected / 255.0)
     # With a margin the box grows by that fraction on each side, clipped to the image.
-    np.testing.assert_array_equal(predict.crop_face(gray, box, margin=0.1),
+    np.testing.assert_array_equal(detect.crop_face(gray, box, margin=0.1),
                                   cv2.resize(gray[15:75, 7:43], (48, 48), interpolation=cv2.INTER_AREA))
-    np.testing.assert_array_equal(predict.crop_face(gray, (100, 70, 20, 20), margin=0.5),
+    np.testing.assert_array_equal(detect.crop_face(gray, (100, 70, 20, 20), margin=0.5),
                                   cv2.resize(gray[60:90, 90:120], (48, 48), interpolation=cv2.INTER_AREA))
     # And the predictor scores exactly that crop: its probabilities are the model's on cv2.resize of the box.
     model = checkpoints.load_checkpoint(str(run_dir / "best.keras"))
 
     class OneBox:
+        options = {"photo_detect_width": None}
+
         def __call__(self, image, width=None):
             return [box]
 
@@ -131,6 +157,7 @@ def test_a_corrupt_image_or_an_unwritable_copy_is_reported_and_the_rest_go_on(tr
     good = cv2.imread(str(astronaut))
     cv2.imwrite(str(inputs / "a.jpg"), good)
     (inputs / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (inputs / "b2.HEIC").write_bytes(b"\0\0\0\x18ftypheic" + bytes(64))  # an iPhone's photo
     cv2.imwrite(str(inputs / "c.png"), good)
     cv2.imwrite(str(inputs / "d.jpg"), good)
     out = tmp_path / "out"
@@ -139,8 +166,9 @@ def test_a_corrupt_image_or_an_unwritable_copy_is_reported_and_the_rest_go_on(tr
     assert predict.main(["--checkpoint", str(run_dir / "best.keras"), str(inputs), "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert f"error: {inputs / 'b.jpg'}: not a readable image" in captured.err
+    assert f"error: {inputs / 'b2.HEIC'}: HEIC, which OpenCV cannot read: convert it to JPEG" in captured.err
     assert f"error: {inputs / 'd.jpg'}: its annotated copy could not be written in {out}" in captured.err
-    assert "2 of 4 inputs done" in captured.out
+    assert "2 of 5 inputs done" in captured.out
     assert {r["source"] for r in _records(out)} == {str(inputs / "a.jpg"), str(inputs / "c.png")}  # inputs done
     assert (out / "a.jpg").is_file() and (out / "c.png").is_file() and not (out / "b.jpg").exists()
 
@@ -162,6 +190,14 @@ def test_ctrl_c_keeps_the_predictions_of_the_inputs_done(trained_run, astronaut,
     assert capsys.readouterr().err.strip() == (f"interrupted at input 3: 2 of 4 inputs done; annotated copies and "
                                                f"predictions.jsonl in {out}")
     assert [r["source"] for r in _records(out)] == [str(inputs / "a.jpg"), str(inputs / "b.jpg")]
+
+
+def test_an_input_that_is_not_there_is_one_line_before_the_model_loads(astronaut, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="2"):
+        predict.main([str(astronaut), "holiday/IMG_01.jpg", "https://example.com/face.jpg", "--out", str(tmp_path),
+                      "--checkpoint", str(tmp_path / "not-a-model.keras")])
+    assert capsys.readouterr().err == ("error: no such file or folder: holiday/IMG_01.jpg, https://example.com/face.jpg"
+                                       " (download it first)\n")
 
 
 def test_a_script_stopped_by_ctrl_c_says_so_in_one_line(capsys):
@@ -218,7 +254,7 @@ def test_test_time_augmentation_scores_each_face_as_evaluate_does(trained_run, a
     assert predict.main([str(astronaut), "--out", str(tmp_path), "--set", "predict.tta=tencrop"]) == 0
     [record] = _records(tmp_path)
     gray = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2GRAY)
-    face = predict.crop_face(gray, record["box"], margin=0.1)[None]
+    face = detect.crop_face(gray, record["box"], margin=0.1)[None]
     model = checkpoints.load_checkpoint(str(shipped))
     tencrop, plain = (evaluate.predict_probabilities(model, face, tta=tta)[0] for tta in ("tencrop", None))
     got = np.array(list(record["probabilities"].values()))
@@ -246,10 +282,10 @@ def test_a_photo_without_a_face_says_0_faces_and_the_run_goes_on(trained_run, as
 
 def test_a_live_camera_finds_its_face_again_near_where_it_was(astronaut):
     options = {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30}
-    finder = predict.FaceFinder(options)
+    finder = detect.FaceFinder(options)
     gray = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2GRAY)
     [full] = finder(gray)
-    live = predict.LiveFinder(finder, None, every=3)
+    live = detect.LiveFinder(finder, None, every=3)
     frames = [np.roll(gray, 4 * shift, axis=1) for shift in range(7)]  # the face drifts 4 pixels a frame
     found = [live(frame) for frame in frames]
     for shift, boxes in enumerate(found):

@@ -295,7 +295,7 @@ def test_a_full_disk_stops_training_in_one_line_and_what_it_kept_resumes(tmp_pat
     assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]
 
 
-def test_a_device_out_of_memory_or_a_read_only_disk_is_one_line_and_exit_status_2(capsys):
+def test_a_device_out_of_memory_a_read_only_disk_or_a_file_in_a_folder_s_place_is_one_line(capsys, tmp_path):
     import tensorflow as tf
 
     @common.exit_on_user_error
@@ -320,6 +320,18 @@ def test_a_device_out_of_memory_or_a_read_only_disk_is_one_line_and_exit_status_
         write()
     assert stopped.value.code == 2
     assert capsys.readouterr().err == "error: Read-only file system (writing /kaggle/input/run/metrics.json)\n"
+
+    # A file where a folder is needed (predict.py --out photo.jpg, or below it), or a folder where a file is.
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    (tmp_path / "scores.npz").mkdir()
+    file_in_the_way, folder_in_the_way = "photo.jpg is a file, where a folder is needed", \
+        "scores.npz is a folder, where a file is needed"
+    for make, said in ((lambda: os.makedirs(tmp_path / "photo.jpg", exist_ok=True), file_in_the_way),
+                       (lambda: os.makedirs(tmp_path / "photo.jpg" / "out"), file_in_the_way),
+                       (lambda: open(tmp_path / "scores.npz", "wb"), folder_in_the_way)):
+        with pytest.raises(SystemExit) as stopped:
+            common.exit_on_user_error(make)()
+        assert stopped.value.code == 2 and capsys.readouterr().err == f"error: {tmp_path}/{said}\n"
 
 
 def test_resume_refuses_other_faces_than_the_run_started_with(tmp_path, synthetic_csv):
