@@ -252,6 +252,41 @@ def _seed_generator_states(model):
     return [variable for variable in model.non_trainable_variables if "seed_generator" in variable.path]
 
 
+class RunLock:
+    """A run directory held by the one process that trains it (an exclusive flock on the folder itself, let go when
+    the process ends however it ends), so that a second train.py on the same run, such as a --resume while it still
+    trains, stops with one line instead of writing the same files. Nothing is held where there are no such locks
+    (Windows, some network file systems)."""
+
+    def __init__(self):
+        self.fd = None
+
+    def take(self, run_dir):
+        try:
+            import fcntl
+        except ImportError:
+            return
+        fd = os.open(run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{run_dir} is being trained by another process: wait for it to end, or stop it (Ctrl-C) "
+                            "and resume it") from None
+        except OSError:
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def random_state(model):
     return [keras.ops.convert_to_numpy(variable).tolist() for variable in _seed_generator_states(model)]
 

@@ -209,44 +209,55 @@ def train(config, config_path=None, evaluate_after=True, resume_dir=None, init_w
     # One writer: in a multi-machine run only the chief writes the run directory; every other process writes to
     # a folder of its own, removed at the end (as TensorFlow's multi-worker guide does).
     writer = distribute.is_chief(kind)
-    state = resume_lib.read_state(resume_dir) if resume_dir else None
-    run_dir = (resume_dir or outputs.plan_run_dir(config, config_path)) if writer else None
-    splits = feed.prepare_data(config)
-    data_sha256 = resume_lib.data_digest(splits, resume_dir, config["data"]["path"])
-    targets = distilled_targets(options, splits[0])  # before set_up seeds the run: loading teachers draws none of it
-    setup = set_up(options, kind, state, splits[0])
+    with resume_lib.RunLock() as lock:  # the run held against another train.py on it
+        if resume_dir and writer:
+            lock.take(resume_dir)  # before its state is read
+        state = resume_lib.read_state(resume_dir) if resume_dir else None
+        run_dir = (resume_dir or outputs.plan_run_dir(config, config_path)) if writer else None
+        splits = feed.prepare_data(config)
+        data_sha256 = resume_lib.data_digest(splits, resume_dir, config["data"]["path"])
+        targets = distilled_targets(options, splits[0])  # before set_up seeds the run: loading teachers draws none
+        setup = set_up(options, kind, state, splits[0])
+        run_dir = open_run_dir(run_dir, writer, resume_dir, config, config_path, lock)
+        stop_on_signal, callbacks = resume_lib.StopOnSignal(), []
+        try:
+            with stop_on_signal:
+                with setup.distribution.scope():
+                    model = make_model(config, resume_dir or run_dir, state, init_weights, setup.steps_per_execution)
+                write_text(os.path.join(run_dir, "config.yaml"), dump(config))
+                announce(model, run_dir, setup, state, init_weights, options["distill"]["teachers"], data_sha256)
+                # Every process of a multi-machine run writes its state after each epoch, as the others do.
+                callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, setup.shuffle_seed,
+                                                              0 if kind == "multi_worker" else None)
+                if os.environ.get(TEST_SIGNAL):
+                    callbacks.insert(0, SignalAt())
+                fit(model, config, callbacks, splits, state, setup, targets)
+                outputs.save_exports(model, run_dir)
+                outputs.plot_curves(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
+                if evaluate_after and writer:
+                    outputs.score(run_dir, model, splits[2], kind)
+        except BaseException as stop:
+            resume_lib.keep_last_epoch(callbacks)
+            kept = resume_lib.epochs_kept(run_dir)  # fewer than trained where a write failed (a full disk)
+            if not writer:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                run_dir = resume_dir or "the chief's run directory"
+            raise_stopped(stop, run_dir, resume_dir or not writer, resume_lib.epochs_done(callbacks, state), kept,
+                          options["epochs"])
+        return finish(model, run_dir, kind, writer, setup.shuffle_seed)
+
+
+def open_run_dir(run_dir, writer, resume_dir, config, config_path, lock):
+    """The folder this process writes, held by it (lock): a new run's, made now; the resumed one's, rid of what a
+    kill left half written; on a process of a multi-machine run that is not the chief, a temporary one."""
     if not writer:
-        run_dir = tempfile.mkdtemp(prefix="fer2013-worker-")
-    elif not resume_dir:
-        run_dir = outputs.create_run_dir(run_dir, config, config_path)
-    else:
-        resume_lib.remove_leftovers(run_dir)
-    stop_on_signal, callbacks = resume_lib.StopOnSignal(), []
-    try:
-        with stop_on_signal:
-            with setup.distribution.scope():
-                model = make_model(config, resume_dir or run_dir, state, init_weights, setup.steps_per_execution)
-            write_text(os.path.join(run_dir, "config.yaml"), dump(config))
-            announce(model, run_dir, setup, state, init_weights, options["distill"]["teachers"], data_sha256)
-            # Every process of a multi-machine run writes its state after each epoch, as the others do.
-            callbacks = [stop_on_signal] + make_callbacks(config, run_dir, state, setup.shuffle_seed,
-                                                          0 if kind == "multi_worker" else None)
-            if os.environ.get(TEST_SIGNAL):
-                callbacks.insert(0, SignalAt())
-            fit(model, config, callbacks, splits, state, setup, targets)
-            outputs.save_exports(model, run_dir)
-            outputs.plot_curves(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
-            if evaluate_after and writer:
-                outputs.score(run_dir, model, splits[2], kind)
-    except BaseException as stop:
-        resume_lib.keep_last_epoch(callbacks)
-        kept = resume_lib.epochs_kept(run_dir)  # fewer than trained where a write failed (a full disk)
-        if not writer:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir = resume_dir or "the chief's run directory"
-        raise_stopped(stop, run_dir, resume_dir or not writer, resume_lib.epochs_done(callbacks, state), kept,
-                      options["epochs"])
-    return finish(model, run_dir, kind, writer, setup.shuffle_seed)
+        return tempfile.mkdtemp(prefix="fer2013-worker-")
+    if resume_dir:
+        resume_lib.remove_leftovers(resume_dir)
+        return resume_dir
+    run_dir = outputs.create_run_dir(run_dir, config, config_path)
+    lock.take(run_dir)
+    return run_dir
 
 
 def set_up(options, kind, state, training_faces):

@@ -2,7 +2,9 @@
 import errno
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -46,6 +48,16 @@ def epochs_done(run_dir):
         return 0
 
 
+def assert_held_by(process, run_dir):
+    """Once the process has stopped itself (SIGSTOP) while it trains run_dir: another train.py on the run is
+    refused before it loads the data or writes anything."""
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), status
+    said = f"^{re.escape(str(run_dir))} is being trained by another process: wait for it to end"
+    with pytest.raises(UserError, match=said):
+        train.resume(str(run_dir))
+
+
 def weights(path):
     import keras
 
@@ -60,8 +72,10 @@ def short_data(synthetic_csv):
 
 
 def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, short_data):
-    # The uninterrupted run trains alongside the one that is interrupted.
-    whole = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=whole")
+    # The uninterrupted run trains alongside the one that is interrupted; it stops itself (SIGSTOP) in epoch 2, to
+    # be found holding its run, and goes on (SIGCONT).
+    whole = start(*SHORT, *short_data, "--set", f"output.dir={tmp_path}", "--set", "output.name=whole",
+                  signal_at="SIGSTOP@epoch 2 batch 1")
     run_dir = tmp_path / "broken"
     # Ctrl-C during epoch 2: exit 130, the resume command, and epoch 1 kept: it was held in memory (HELD), and
     # the signal wrote it.
@@ -73,14 +87,19 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, sho
     assert stderr.splitlines()[-1] == f"interrupted at epoch 2; resume with: python train.py --resume {run_dir}"
     assert "Traceback" not in stderr
     assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0]
+    assert_held_by(whole, tmp_path / "whole")
+    whole.send_signal(signal.SIGCONT)
     whole_stdout, whole_stderr = whole.communicate(timeout=300)
     assert whole.returncode == 0, whole_stderr[-3000:]
 
     assert epochs_done(run_dir) == 1 and len(list(run_dir.glob("state-*.weights.h5"))) == 1
 
-    # kill -9 in the middle of epoch 3 of the resumed run: nothing can run at exit, so epoch 2, held in memory,
-    # is lost; the state on disk is still epoch 1's, and --resume goes on from there.
-    process = start("--resume", run_dir, "--no-evaluate", signal_at="SIGKILL@epoch 3 batch 2")
+    # kill -9 in the middle of epoch 3 of the resumed run, which holds its run as a new one does: nothing can run
+    # at exit, so epoch 2, held in memory, is lost; the state on disk is still epoch 1's, and --resume goes on
+    # from there (the lock went with the process).
+    process = start("--resume", run_dir, "--no-evaluate", signal_at="SIGSTOP@epoch 3 batch 2")
+    assert_held_by(process, run_dir)
+    process.kill()
     process.communicate(timeout=300)
     assert process.returncode == -9 and epochs_done(run_dir) == 1
     assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]  # ahead of the state until --resume
