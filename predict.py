@@ -290,9 +290,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.inputs and args.webcam is None:
         raise UserError("give images, folders or videos to predict on, or --webcam")
-    if missing := [item for item in args.inputs if not os.path.exists(item)]:  # before the model loads
+    if missing := [item for item in args.inputs if not os.path.exists(item)]:  # inputs checked before the model loads
         url = any("://" in item for item in missing)
         raise UserError(f"no such file or folder: {', '.join(missing)}" + (" (download it first)" if url else ""))
+    files = list(expand_inputs(args.inputs))
+    if args.inputs and not files:
+        raise UserError(f"no images or videos in {', '.join(args.inputs)}")
     if args.checkpoint is None:
         args.checkpoint = shipped_model()
         print(f"using the shipped model {args.checkpoint} (no --checkpoint given)")
@@ -302,9 +305,6 @@ def main(argv=None):
     if args.webcam is not None:
         run_webcam(predictor, args.webcam)
         return 0
-    files = list(expand_inputs(args.inputs))
-    if not files:
-        raise UserError(f"no images or videos in {', '.join(args.inputs)}")
     os.makedirs(args.out, exist_ok=True)
     return predict_files(predictor, files, args.out)
 

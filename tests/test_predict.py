@@ -192,12 +192,17 @@ def test_ctrl_c_keeps_the_predictions_of_the_inputs_done(trained_run, astronaut,
     assert [r["source"] for r in _records(out)] == [str(inputs / "a.jpg"), str(inputs / "b.jpg")]
 
 
-def test_an_input_that_is_not_there_is_one_line_before_the_model_loads(astronaut, tmp_path, capsys):
+def test_an_input_that_is_not_there_or_holds_no_photo_is_one_line_before_the_model_loads(astronaut, tmp_path, capsys):
     with pytest.raises(SystemExit, match="2"):
         predict.main([str(astronaut), "holiday/IMG_01.jpg", "https://example.com/face.jpg", "--out", str(tmp_path),
                       "--checkpoint", str(tmp_path / "not-a-model.keras")])
     assert capsys.readouterr().err == ("error: no such file or folder: holiday/IMG_01.jpg, https://example.com/face.jpg"
                                        " (download it first)\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a photo")
+    with pytest.raises(SystemExit, match="2"):
+        predict.main([str(tmp_path / "empty"), "--checkpoint", str(tmp_path / "not-a-model.keras")])
+    assert capsys.readouterr().err == f"error: no images or videos in {tmp_path / 'empty'}\n"
 
 
 def test_a_script_stopped_by_ctrl_c_says_so_in_one_line(capsys):
