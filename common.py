@@ -3,6 +3,8 @@ import contextlib
 import errno
 import functools
 import hashlib
+import importlib.util
+import json
 import os
 import re
 import signal
@@ -131,12 +133,43 @@ def native_stderr_held():
             os.close(saved)
 
 
+def installed_backend(environ=os.environ, keras_home=None, have=None):
+    """(the backend Keras would take, the one to run on instead) where KERAS_BACKEND is not set and the first, which
+    keras.json names (Keras writes tensorflow there by itself) or else TensorFlow, is not installed: the first of
+    TensorFlow, JAX and PyTorch that is. None where the variable is set or that backend is there; a UserError where
+    none is, or where the variable names one that is not. have(name): whether a package is installed (default: importlib finds it)."""
+    have = have or (lambda name: importlib.util.find_spec(name) is not None)
+    if chosen := environ.get("KERAS_BACKEND"):
+        if chosen in ("tensorflow", "jax", "torch") and not have(chosen):
+            raise UserError(f"KERAS_BACKEND={chosen}, but {chosen} is not installed")
+        return None
+    path = os.path.join(keras_home or environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"), "keras.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            wanted = json.load(f).get("backend") or "tensorflow"
+    except (OSError, ValueError, AttributeError):
+        wanted = "tensorflow"
+    if have(wanted):
+        return None
+    for name in ("tensorflow", "jax", "torch"):
+        if have(name):
+            return wanted, name
+    raise UserError("Keras needs TensorFlow, JAX or PyTorch, and none is installed: pip install -r requirements.txt "
+                    "(TensorFlow) or -r requirements-jax.txt (JAX, lighter)")
+
+
 def start_backend():
-    """What a script does before anything imports Keras. TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, at its
-    import, and turns its oneDNN CPU kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX; this
-    asks for them on every CPU (they are faster on AVX2-only ones too: docs/performance.md), unless the variable is
-    set already (TF_ENABLE_ONEDNN_OPTS=0 keeps TensorFlow's own kernels). Then Keras is imported and TensorFlow
-    probes its devices with their log lines held back, so that those never land in front of a one-line error."""
+    """What a script does before anything imports Keras. Where KERAS_BACKEND is not set and TensorFlow (or
+    keras.json's backend) is not installed, it becomes the one that is (installed_backend), with a note. TensorFlow
+    reads TF_ENABLE_ONEDNN_OPTS once, at its import, and turns its oneDNN CPU kernels on by itself only on CPUs with
+    AVX512_VNNI, AVX512_BF16 or AMX; this asks for them on every CPU (they are faster on AVX2-only ones too:
+    docs/performance.md), unless the variable is set already (TF_ENABLE_ONEDNN_OPTS=0 keeps TensorFlow's own
+    kernels). Then Keras is imported and TensorFlow probes its devices with their log lines held back, so that
+    those never land in front of a one-line error."""
+    if choice := installed_backend():
+        os.environ["KERAS_BACKEND"] = choice[1]
+        print(f"note: {choice[0]} is not installed, so Keras runs on {choice[1]} (KERAS_BACKEND chooses)",
+              file=sys.stderr)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     with native_stderr_held():
         import keras

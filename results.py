@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 import predictions
-from common import (UserError, exit_on_user_error, native_stderr_held, pyplot, save_figure, sha256,
+from common import (UserError, exit_on_user_error, pyplot, save_figure, sha256, start_backend,
                     without_home, write_text)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -64,8 +64,8 @@ def early_stopping_epoch(history, config_path=os.path.join(HERE, "configs", "not
     without it tells exactly when a run with it would stop."""
     from config import load_config, monitor_mode, monitor_name
 
-    with native_stderr_held():
-        import keras
+    start_backend()
+    import keras
 
     options = load_config(config_path)["callbacks"]["early_stopping"]
     stopping = keras.callbacks.EarlyStopping(monitor=monitor_name(options["monitor"]), min_delta=options["min_delta"],
@@ -115,6 +115,7 @@ def started_from(run_dir):
 def finished(run_dir):
     """Whether train.py marked the run finished (its state.json), so that a run fetched from another machine
     without its checkpoints still counts; runs without a state.json: whether last.keras exists."""
+    start_backend()  # resume.py imports Keras
     import resume
 
     if os.path.isfile(os.path.join(run_dir, resume.STATE)):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import backends
+import common
 import distribute
 import feed
 import synthetic
@@ -63,6 +64,31 @@ def test_cpu_model_is_read_from_cpuinfo(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "CPUINFO", str(cpuinfo))
     cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2\n")
     assert backends.cpu_model() == "AMD EPYC 9R14"
+
+
+def test_a_backend_that_is_not_installed_gives_way_to_one_that_is(tmp_path):
+    """Without KERAS_BACKEND, where the backend Keras would take (keras.json's, else TensorFlow) is not installed,
+    as with requirements-jax.txt, the scripts run on the first of TensorFlow, JAX and PyTorch that is."""
+    def only(*names):
+        return lambda name: name in names
+
+    assert common.installed_backend({}, tmp_path, only("tensorflow", "jax")) is None
+    assert common.installed_backend({}, tmp_path, only("jax", "torch")) == ("tensorflow", "jax")
+    assert common.installed_backend({"KERAS_BACKEND": "jax"}, tmp_path, only("tensorflow", "jax")) is None
+    with pytest.raises(UserError, match=r"^KERAS_BACKEND=tensorflow, but tensorflow is not installed$"):
+        common.installed_backend({"KERAS_BACKEND": "tensorflow"}, tmp_path, only("jax"))
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "torch"}))
+    assert common.installed_backend({}, tmp_path, only("torch")) is None
+    assert common.installed_backend({}, tmp_path, only("tensorflow", "torch")) is None
+    assert common.installed_backend({}, tmp_path, only("jax", "tensorflow")) == ("torch", "tensorflow")
+    with pytest.raises(UserError, match=r"^Keras needs TensorFlow, JAX or PyTorch, and none is installed"):
+        common.installed_backend({}, tmp_path, only())
+
+    def packages(name):
+        return {line.split("#")[0].strip() for line in (ROOT / name).read_text().splitlines()} - {""}
+
+    # The light install is requirements.txt with JAX's CPU build in TensorFlow's place.
+    assert packages("requirements-jax.txt") == packages("requirements.txt") - {"tensorflow>=2.16"} | {"jax[cpu]>=0.4.34"}
 
 
 def test_a_gpu_the_install_cannot_use_is_said(tmp_path):
