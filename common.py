@@ -137,7 +137,8 @@ def installed_backend(environ=os.environ, keras_home=None, have=None):
     """(the backend Keras would take, the one to run on instead) where KERAS_BACKEND is not set and the first, which
     keras.json names (Keras writes tensorflow there by itself) or else TensorFlow, is not installed: the first of
     TensorFlow, JAX and PyTorch that is. None where the variable is set or that backend is there; a UserError where
-    none is, or where the variable names one that is not. have(name): whether a package is installed (default: importlib finds it)."""
+    none is, or where the variable names one that is not. have(name): whether a package is installed (default:
+    importlib finds it)."""
     have = have or (lambda name: importlib.util.find_spec(name) is not None)
     if chosen := environ.get("KERAS_BACKEND"):
         if chosen in ("tensorflow", "jax", "torch") and not have(chosen):
