@@ -301,21 +301,19 @@ def test_the_fast_path_trains_as_the_plain_one_on_jax(tmp_path, synthetic_csv):
                            ("scanned", ["train.feed=device", "train.scan_steps=2", "train.epochs=1"])):
         result = run_script("train.py", "--config", "configs/demo.yaml", "--set", f"data.path={synthetic_csv}",
                             "--set", "data.limit=820", "--set", "train.batch_size=8", "--set", "train.seed=0",
-                            "--set", "train.precision=float32", "--set", "train.epochs=3",
+                            "--set", "train.precision=float32", "--set", "train.epochs=6",
                             *[part for setting in settings for part in ("--set", setting)],
                             "--set", f"output.dir={tmp_path}", "--set", f"output.name={name}",
                             env={"KERAS_BACKEND": "jax"})
         assert result.returncode == 0, result.stderr[-3000:]
         histories[name] = pd.read_csv(tmp_path / name / "history.csv")
         scores[name] = json.loads((tmp_path / name / "metrics-last.json").read_text())["accuracy"]
-    assert len(histories["plain"]) == 3 and feed.steps_per_call(4, 102) == 3 and feed.steps_per_call(8, 404) == 4
+    assert len(histories["plain"]) == 6 and feed.steps_per_call(4, 102) == 3 and feed.steps_per_call(8, 404) == 4
     for column in ("loss", "accuracy"):
         assert histories["fast"][column].tolist() == histories["plain"][column].tolist(), column
-    # The plain run learns: its loss falls and it scores above chance (1/7); how far it gets in 3 epochs of batches
-    # of 8 depends on the CPU's rounding, which differs between CPU kinds.
-    loss = histories["plain"]["loss"]
-    assert loss.iloc[-1] < loss.iloc[0] - 0.2 and scores["plain"] > 0.2, (loss.tolist(), scores)
-    assert abs(scores["fast"] - scores["plain"]) <= 0.005, scores
+    # The demo's 6 epochs: the faces' plateau, at chance, ends after 2 to 4 of them, as the CPU's and JAX's rounding
+    # fall; after 3, some CPUs and JAX versions were still on it.
+    assert scores["plain"] > 0.6 and abs(scores["fast"] - scores["plain"]) <= 0.005, scores
     # train.scan_steps=2: 51 calls of 2 steps an epoch, unrolled, computing as one step a call.
     environment = json.loads((tmp_path / "scanned" / "environment.json").read_text())
     assert environment["batches_scanned_a_call"] == 2 and environment["steps_per_execution"] == 1
