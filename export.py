@@ -142,13 +142,23 @@ def export(checkpoint, out, weights=None):
     """Write `out` from `checkpoint` and check it against Keras; returns (gap, agreement)."""
     kind = export_format(out)
     check_writable(out)
-    if kind != "onnx" and os.environ.get("KERAS_BACKEND") == "torch":
-        # LiteRT and SavedModel files are TensorFlow's, which Keras on PyTorch does not write (it wants litert-torch
-        # for one, and its SavedModel export fails in torch.export); a checkpoint loads alike on every backend.
-        print(f"{kind} is TensorFlow's format: written with Keras on TensorFlow (a checkpoint is the same on every "
-              "backend)")
+    chosen = os.environ.get("KERAS_BACKEND") or "tensorflow"
+    through_tensorflow = not (kind == "onnx" and chosen == "torch")
+    if through_tensorflow:
+        # Keras writes every format but PyTorch's ONNX through TensorFlow here: LiteRT and SavedModel files are
+        # TensorFlow's (on PyTorch it wants litert-torch for one, and its SavedModel export fails in torch.export),
+        # and on JAX its ONNX exporter is jax2onnx, a package of its own. A checkpoint is the same on every backend.
+        if chosen != "tensorflow":
+            print(f"{kind} is written with Keras on TensorFlow (a checkpoint is the same on every backend)")
         os.environ["KERAS_BACKEND"] = "tensorflow"
-    start_backend()
+    try:
+        start_backend()
+    except (UserError, ImportError) as error:  # TensorFlow not installed, or failing to import
+        if not through_tensorflow:
+            raise
+        why = "it is not installed" if isinstance(error, UserError) else error
+        raise UserError(f"writing {out} needs TensorFlow, which Keras writes it with ({why}): pip install -r "
+                        "requirements-dev.txt") from None
     import checkpoints
     import data
     import synthetic

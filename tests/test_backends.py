@@ -277,6 +277,9 @@ def test_backend_trains_and_evaluates_end_to_end_without_tensorflow(backend, tmp
         scored = run_script("evaluate.py", "--checkpoint", run_dir / "last.keras", "--out", tmp_path / "eval", env=env)
         assert scored.returncode == 0, scored.stderr[-3000:]
         assert json.loads((tmp_path / "eval" / "metrics-last.json").read_text())["accuracy"] == final["accuracy"]
+        # export.py writes through TensorFlow: without it, one line.
+        exported = run_script("export.py", run_dir / "last.keras", tmp_path / "model.onnx", env=env)
+        assert_user_error(exported, "model.onnx needs TensorFlow, which Keras writes it with")
     # The same checkpoint scores alike under TensorFlow (in this process). Other kernels sum in other orders,
     # so a face on the border between two classes may flip: within 1 point.
     import evaluate

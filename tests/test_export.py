@@ -69,7 +69,7 @@ def test_on_pytorch_litert_is_written_through_tensorflow(trained_run, synthetic_
     run_dir, _ = trained_run
     result = run_script("export.py", run_dir / "best.keras", tmp_path / "model.tflite", env={"KERAS_BACKEND": "torch"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "litert is TensorFlow's format: written with Keras on TensorFlow" in result.stdout
+    assert "litert is written with Keras on TensorFlow" in result.stdout
     faces = _faces(synthetic_csv)
     expected = evaluate.predict_probabilities(checkpoints.load_checkpoint(str(run_dir / "best.keras")), faces.images)
     _assert_same_answers(expected, export.run_litert(str(tmp_path / "model.tflite"), data.to_float(faces.images)))
