@@ -138,16 +138,13 @@ def compare(expected, got):
     return float(np.abs(expected - got).max()), float(np.mean(expected.argmax(axis=1) == got.argmax(axis=1)))
 
 
-def export(checkpoint, out, weights=None):
-    """Write `out` from `checkpoint` and check it against Keras; returns (gap, agreement)."""
-    kind = export_format(out)
-    check_writable(out)
+def start_exporting_backend(kind, out):
+    """Keras on TensorFlow for every format but PyTorch's ONNX: LiteRT and SavedModel files are TensorFlow's (on
+    PyTorch Keras wants litert-torch for one, and its SavedModel export fails in torch.export), and on JAX its ONNX
+    exporter is jax2onnx, a package of its own. A checkpoint is the same on every backend."""
     chosen = os.environ.get("KERAS_BACKEND") or "tensorflow"
     through_tensorflow = not (kind == "onnx" and chosen == "torch")
     if through_tensorflow:
-        # Keras writes every format but PyTorch's ONNX through TensorFlow here: LiteRT and SavedModel files are
-        # TensorFlow's (on PyTorch it wants litert-torch for one, and its SavedModel export fails in torch.export),
-        # and on JAX its ONNX exporter is jax2onnx, a package of its own. A checkpoint is the same on every backend.
         if chosen != "tensorflow":
             print(f"{kind} is written with Keras on TensorFlow (a checkpoint is the same on every backend)")
         os.environ["KERAS_BACKEND"] = "tensorflow"
@@ -159,6 +156,13 @@ def export(checkpoint, out, weights=None):
         why = "it is not installed" if isinstance(error, UserError) else error
         raise UserError(f"writing {out} needs TensorFlow, which Keras writes it with ({why}): pip install -r "
                         "requirements-dev.txt") from None
+
+
+def export(checkpoint, out, weights=None):
+    """Write `out` from `checkpoint` and check it against Keras; returns (gap, agreement)."""
+    kind = export_format(out)
+    check_writable(out)
+    start_exporting_backend(kind, out)
     import checkpoints
     import data
     import synthetic
