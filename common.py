@@ -133,6 +133,9 @@ def native_stderr_held():
             os.close(saved)
 
 
+BACKENDS = ("tensorflow", "jax", "torch")  # Keras's, in the order one is taken where KERAS_BACKEND is not set
+
+
 def installed_backend(environ=os.environ, keras_home=None, have=None):
     """(the backend Keras would take, the one to run on instead) where KERAS_BACKEND is not set and the first, which
     keras.json names (Keras writes tensorflow there by itself) or else TensorFlow, is not installed: the first of
@@ -141,7 +144,7 @@ def installed_backend(environ=os.environ, keras_home=None, have=None):
     importlib finds it)."""
     have = have or (lambda name: importlib.util.find_spec(name) is not None)
     if chosen := environ.get("KERAS_BACKEND"):
-        if chosen in ("tensorflow", "jax", "torch") and not have(chosen):
+        if chosen in BACKENDS and not have(chosen):
             raise UserError(f"KERAS_BACKEND={chosen}, but {chosen} is not installed")
         return None
     path = os.path.join(keras_home or environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"), "keras.json")
@@ -152,7 +155,7 @@ def installed_backend(environ=os.environ, keras_home=None, have=None):
         wanted = "tensorflow"
     if have(wanted):
         return None
-    for name in ("tensorflow", "jax", "torch"):
+    for name in BACKENDS:
         if have(name):
             return wanted, name
     raise UserError("Keras needs TensorFlow, JAX or PyTorch, and none is installed: pip install -r requirements.txt "

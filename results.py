@@ -64,7 +64,6 @@ def early_stopping_epoch(history, config_path=os.path.join(HERE, "configs", "not
     without it tells exactly when a run with it would stop."""
     from config import load_config, monitor_mode, monitor_name
 
-    start_backend()
     import keras
 
     options = load_config(config_path)["callbacks"]["early_stopping"]
@@ -115,7 +114,6 @@ def started_from(run_dir):
 def finished(run_dir):
     """Whether train.py marked the run finished (its state.json), so that a run fetched from another machine
     without its checkpoints still counts; runs without a state.json: whether last.keras exists."""
-    start_backend()  # resume.py imports Keras
     import resume
 
     if os.path.isfile(os.path.join(run_dir, resume.STATE)):
@@ -126,6 +124,7 @@ def finished(run_dir):
 def summarize(run_dir, history, notebook):
     from config import load_config
 
+    start_backend()  # once, for the Keras that finished (resume.py) and early_stopping_epoch import
     epochs = load_config(os.path.join(run_dir, "config.yaml"))["train"]["epochs"]
     init_weights = started_from(run_dir)
     summary = {
