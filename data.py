@@ -232,6 +232,15 @@ def limit_rows(faces, limit):
     return faces.select(keep)
 
 
+def load_split(path, split, limit=None, cache_dir="auto"):
+    """The faces of one Usage (after data.limit), as evaluate.py, ship.py and explain.py score them."""
+    faces = limit_rows(read_faces(path, cache_dir), limit)
+    selected = faces.select(faces.usage == USAGES.index(split))
+    if len(selected) == 0:
+        raise UserError(f"{path}: no {split} rows")
+    return selected
+
+
 def face_keys(images):
     """A 64-bit key per face, from its pixels alone (BLAKE2b): the same face has the same key in any copy of the
     data with the same pixels, whatever its row or Usage."""

@@ -235,14 +235,6 @@ def load_model(path, weights=None):
     return load_checkpoint(path, weights)
 
 
-def load_split(path, split, limit=None, cache_dir="auto"):
-    faces = data.limit_rows(data.read_faces(path, cache_dir), limit)
-    selected = faces.select(faces.usage == data.USAGES.index(split))
-    if len(selected) == 0:
-        raise UserError(f"{path}: no {split} rows")
-    return selected
-
-
 def data_for(checkpoint, data_path):
     """The data to score on: --data, else the run's own (config.yaml beside the checkpoint), else the default."""
     config = config_beside(checkpoint)
@@ -301,7 +293,7 @@ def main(argv=None):
                                   args.soft_labels)
         print(f"wrote {args.soft_labels}: what {len(models)} teacher(s) say of {count} Training and PublicTest faces")
         return 0
-    faces = load_split(data_path, args.split, limit, cache_dir)
+    faces = data.load_split(data_path, args.split, limit, cache_dir)
     metrics, probabilities = evaluate_model(models, faces, args.split, args.batch_size, args.tta)
     ensemble = {"ensemble": args.checkpoint} if len(models) > 1 else {}
     metrics = {"checkpoint": "ensemble" if ensemble else first, **ensemble, "data": data_path, **metrics}

@@ -24,7 +24,7 @@ import results
 from checkpoints import load_checkpoint
 from common import UserError, exit_on_user_error, replaced_atomically, without_home, write_text
 from config import DEFAULTS, flatten, load_config
-from evaluate import load_split, predict_probabilities
+from evaluate import predict_probabilities
 from synthetic import make_synthetic
 
 
@@ -189,7 +189,7 @@ def main(argv=None):
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot write {args.out}: cannot make the folder {folder} ({error.strerror})") from None
-    splits = {split: load_split(args.data, split) for split in ("PublicTest", "PrivateTest")} if args.data else {}
+    splits = {split: data.load_split(args.data, split) for split in ("PublicTest", "PrivateTest")} if args.data else {}
     if args.data:
         images, where = splits["PublicTest"].images, f"{args.data} PublicTest"
     else:
