@@ -9,8 +9,8 @@ A pixel's value is the mean fall over the squares that covered it: red where tha
 emotion, blue where it spoke against it. Works with any checkpoint predict.py takes, .onnx included.
 
 With photos: each face found (as predict.py finds it) with its map over it, in explanations/<photo>.png, and one
-line per face with the share of its evidence in the face's upper, middle and lower third (brows and eyes, nose,
-mouth, roughly, in a face cropped as the detector crops it). With --data: the mean map of each emotion over the
+line per face with the share of its evidence in the face's upper, middle and lower third (roughly forehead and
+brows, eyes and nose, mouth and chin, in a face cropped as the detector and FER2013 crop it). With --data: the mean map of each emotion over the
 first --per-class faces of the split that the model names rightly, in explanations/<split>-by-emotion.png and
 .json.
 """
@@ -131,6 +131,7 @@ def explain_split(probabilities, faces, per_class, out_dir, split, patch, stride
         maps, _, _ = occlusion_maps(probabilities, faces.images[chosen], faces.labels[chosen], patch, stride)
         mean = maps.mean(axis=0)
         summary[name] = {"faces": len(chosen), "thirds": dict(zip(THIRDS, thirds(mean))),
+                         "peak": round(float(mean.max()), 4),  # the largest mean fall, and where it is
                          "peak_row_col": [int(v) for v in np.unravel_index(mean.argmax(), mean.shape)]}
         panels.append((faces.images[chosen].mean(axis=0), mean, f"{name} (n={len(chosen)}), peak {mean.max():.3f}"))
     plt = pyplot()

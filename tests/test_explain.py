@@ -51,6 +51,7 @@ def test_the_demo_network_looks_at_the_synthetic_faces_features(trained_run, syn
     assert list(summary["emotions"]) == list(data.EMOTIONS) and summary["patch"] == 8
     for emotion in summary["emotions"].values():
         assert emotion["faces"] == 2 and sum(emotion["thirds"].values()) == pytest.approx(1, abs=0.01)
+        assert emotion["peak"] > 0
     assert (tmp_path / "PrivateTest-by-emotion.png").stat().st_size
 
 
