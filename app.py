@@ -6,7 +6,8 @@
     python app.py --share                           # a public gradio.live link as well (Colab, a remote machine)
 
 Served with Gradio. The Photo tab takes one or more photos and shows each with its faces boxed, a bar chart of
-the seven probabilities per face, and the JSON lines predict.py writes, to download. The Webcam tab streams the
+the seven probabilities per face, each face's occlusion map (explain.py: what in it decided its emotion), and the
+JSON lines predict.py writes, to download. The Webcam tab streams the
 browser's camera to the app and shows the annotated frames as they come back, with the frames per second. Both
 go through predict.py's own face finder and crop (detect.py) and model (its Predictor), with the predict settings of the
 checkpoint's run (config.yaml beside it) and --set overrides.
@@ -23,6 +24,7 @@ import numpy as np
 
 import data
 import detect
+import explain
 import predict
 from common import UserError, exit_on_user_error, pyplot, shipped_model
 from config import config_beside
@@ -69,8 +71,9 @@ def bar_charts(faces):
 
 def analyse_photos(predictor, paths, out_dir):
     """For uploaded files: (annotated images with captions, one Markdown line per file, a bar-chart figure or
-    None, the path of predictions.jsonl). A file that is not an image, or shows no face, gets its line."""
-    gallery, lines, faces, records = [], [], [], []
+    None, the path of predictions.jsonl, a figure of each face's occlusion map (explain.py) or None). A file that
+    is not an image, or shows no face, gets its line."""
+    gallery, lines, faces, records, crops = [], [], [], [], []
     for path in paths:
         name = os.path.basename(path)
         try:
@@ -78,7 +81,9 @@ def analyse_photos(predictor, paths, out_dir):
         except OSError as error:
             lines.append(f"**{name}**: {error}; give a photo (JPEG, PNG, ...)")
             continue
-        boxes, probabilities = predictor.frame(image)
+        gray, boxes = predictor.find(image)
+        probabilities = predictor.score(gray, boxes)
+        crops.extend(detect.crop_face(gray, box, predictor.margin) for box in boxes)
         records.extend(predictor.records(name, boxes, probabilities))
         summary = predict.describe(boxes, probabilities)
         gallery.append((rgb(predictor.annotate(image, boxes, probabilities)), f"{name}: {summary}"))
@@ -88,7 +93,17 @@ def analyse_photos(predictor, paths, out_dir):
     jsonl = os.path.join(out_dir, "predictions.jsonl")
     with open(jsonl, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(record) + "\n" for record in records)
-    return gallery, "\n\n".join(lines), bar_charts(faces) if faces else None, jsonl
+    return (gallery, "\n\n".join(lines), bar_charts(faces) if faces else None, jsonl,
+            why_figure(predictor, crops, [title for title, _ in faces]) if crops else None)
+
+
+def why_figure(predictor, crops, titles):
+    """Each face's occlusion map over it (explain.py): red where it spoke for the emotion named, blue against."""
+    maps, classes, scores = explain.occlusion_maps(predictor.probabilities, np.stack(crops))
+    figure = explain.faces_figure(np.stack(crops), maps, classes, scores, titles, columns=3)
+    figure.set_figheight(figure.get_figheight() + 0.4)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / figure.get_figheight()))  # room for the Plot's label
+    return figure
 
 
 class Live:
@@ -130,12 +145,13 @@ def build_app(predictor, checkpoint):
 
     def on_photos(files):
         if not files:
-            return [], "", None, None
+            return [], "", None, None, None
         out_dir = tempfile.mkdtemp(dir=work)
-        gallery, text, figure, jsonl = analyse_photos(predictor, [getattr(f, "name", f) for f in files], out_dir)
-        if figure is not None:
-            pyplot().close(figure)
-        return gallery, text, figure, jsonl
+        shown = analyse_photos(predictor, [getattr(f, "name", f) for f in files], out_dir)
+        for figure in (shown[2], shown[4]):
+            if figure is not None:
+                pyplot().close(figure)
+        return shown
 
     with gr.Blocks(title="fer2013-keras: emotions in faces") as app:
         gr.Markdown(f"## fer2013-keras: emotions in faces\nModel: `{os.path.basename(checkpoint)}`. Faces are found "
@@ -150,7 +166,9 @@ def build_app(predictor, checkpoint):
                     gallery = gr.Gallery(label="Faces", elem_id="photo-gallery", columns=2, height="auto",
                                          format="jpeg")
                     chart = gr.Plot(label="Probabilities per face", elem_id="photo-chart")
-            files.change(on_photos, files, [gallery, summary, chart, download])
+                    why = gr.Plot(label="What decided it: red for, blue against (explain.py)",
+                                  elem_id="photo-why")
+            files.change(on_photos, files, [gallery, summary, chart, download, why])
         with gr.Tab("Webcam"):
             stream = gr.State()
             with gr.Row():

@@ -78,17 +78,18 @@ def draw(axes, face, heat, title):
     axes.axis("off")
 
 
-def plot_faces(faces, maps, classes, scores, path, columns=6):
+def faces_figure(faces, maps, classes, scores, titles=None, columns=6):
+    """A matplotlib figure: each face with its map over it, titled with its emotion and probability (after its
+    title in `titles`, if given). app.py shows it too."""
     plt = pyplot()
-    rows = -(-len(faces) // columns)
-    figure, grid = plt.subplots(rows, min(columns, len(faces)), figsize=(2.2 * min(columns, len(faces)), 2.4 * rows),
-                                squeeze=False)
+    rows, wide = -(-len(faces) // columns), min(columns, len(faces))
+    figure, grid = plt.subplots(rows, wide, figsize=(2.2 * wide, 2.4 * rows), squeeze=False)
     for axes in grid.flat:
         axes.axis("off")
-    for axes, face, heat, top, row in zip(grid.flat, faces, maps, classes, scores):
-        draw(axes, face, heat, f"{data.EMOTIONS[top]} {row[top]:.2f}")
+    for n, (axes, face, heat, top, row) in enumerate(zip(grid.flat, faces, maps, classes, scores)):
+        draw(axes, face, heat, (f"{titles[n]}: " if titles else "") + f"{data.EMOTIONS[top]} {row[top]:.2f}")
     figure.tight_layout()
-    save_figure(figure, path)
+    return figure
 
 
 def explain_photos(probabilities, files, settings, out_dir, patch, stride):
@@ -108,7 +109,7 @@ def explain_photos(probabilities, files, settings, out_dir, patch, stride):
         faces = np.stack([crop_face(gray, box, settings["margin"]) for box in boxes])
         maps, classes, scores = occlusion_maps(probabilities, faces, patch=patch, stride=stride)
         figure = os.path.join(out_dir, output_name(path, used, ".png"))
-        plot_faces(faces, maps, classes, scores, figure)
+        save_figure(faces_figure(faces, maps, classes, scores), figure)
         for n, (heat, top, row) in enumerate(zip(maps, classes, scores), 1):
             shares = ", ".join(f"{name} {share:.2f}" for name, share in zip(THIRDS, thirds(heat)))
             print(f"{path}: face {n} of {len(boxes)}, {data.EMOTIONS[top]} ({row[top]:.2f}): its evidence by third "

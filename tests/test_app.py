@@ -111,6 +111,7 @@ def test_photo_tab_boxes_the_astronaut_happy_and_keeps_serving_after_bad_files(s
         summary = upload(page, ROOT / "docs" / "astronaut.jpg", expect="Happy")
         assert re.search(r"astronaut\.jpg\W+1 face: Happy \(0\.\d\d\)", summary), summary
         page.locator("#photo-chart img").first.wait_for(timeout=WAIT_MS)  # the bar chart, drawn by matplotlib
+        page.locator("#photo-why img").first.wait_for(timeout=WAIT_MS)  # the face's occlusion map (explain.py)
         assert "predictions.jsonl" in page.locator("#photo-jsonl").inner_text()
         jsonl = page.locator("#photo-jsonl a").first
         with page.expect_download() as download:
