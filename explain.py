@@ -50,8 +50,8 @@ def occlusion_maps(probabilities, faces, classes=None, patch=8, stride=4, chunk=
         for k, (y, x) in enumerate(squares):
             hidden[:, k, y:y + patch, x:x + patch] = grey[:, None, None]
         after = probabilities(hidden.reshape(-1, size, size)).reshape(len(batch), len(squares), -1)
-        fall = scores[begin:begin + chunk][np.arange(len(batch)), picked][:, None] - after[np.arange(len(batch)), :,
-                                                                                           picked]
+        rows = np.arange(len(batch))
+        fall = scores[begin:begin + chunk][rows, picked][:, None] - after[rows, :, picked]  # (faces, squares)
         for k, (y, x) in enumerate(squares):
             maps[begin:begin + len(batch), y:y + patch, x:x + patch] += fall[:, k, None, None]
     return maps / coverage, classes, scores

@@ -26,6 +26,10 @@ def test_a_map_is_positive_exactly_where_the_squares_hid_what_the_answer_depends
     hidden = 255 - round(255 * 64 / 2304)  # the square's grey is the face's mean
     assert maps[0, 0, 0] == pytest.approx(0.9 * hidden / 255, rel=1e-5)  # one square covers (0, 0), all of the corner
     assert np.isclose(explain.thirds(maps[0]), [1, 0, 0]).all()
+    # Another emotion per face: the second one's probability rises as the corner is hidden, a negative map.
+    maps, classes, _ = explain.occlusion_maps(corner_model, faces, classes=[0, 1, 0], patch=8, stride=4)
+    assert classes.tolist() == [0, 1, 0] and (maps[1, :12, :12] < 0).all() and (maps[[0, 2], :12, :12] > 0).all()
+    assert maps[1, 0, 0] == pytest.approx(-maps[0, 0, 0] / 6, rel=1e-4)
 
 
 def test_the_demo_network_looks_at_the_synthetic_faces_features(trained_run, synthetic_csv, astronaut, tmp_path,
