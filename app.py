@@ -36,7 +36,7 @@ def import_gradio():
     try:
         import gradio
     except ImportError:
-        raise UserError("app.py needs Gradio: pip install -r requirements-dev.txt (or pip install gradio)") from None
+        raise UserError("app.py needs Gradio: pip install 'gradio>=5' (requirements-dev.txt has it too)") from None
     return gradio
 
 
