@@ -4,6 +4,7 @@ arrays; the model.json is the author's published one (../shared/notebook/model.j
 import copy
 import hashlib
 import json
+import re
 
 import h5py
 import numpy as np
@@ -270,6 +271,14 @@ def test_ship_makes_a_float32_model_with_half_size_weights_that_loads_on_every_b
     assert card.startswith(ship.CARD_MARK) and "# fer2013-demo.keras" in card
     assert "Run `demo`: 6 of 6 epochs" in card and "`train.precision=float32`" in card and "`train.epochs=6`" in card
     assert f"| best.keras | PrivateTest | none | {original:.4f} |" in card and "FER2013's own terms" in card
+    # With --data, as gpu/recipe.sh ships: the agreement on its PublicTest, and the file scored on both test splits.
+    again = tmp_path / "with-data" / "fer2013-demo.keras"
+    capsys.readouterr()
+    assert ship.main([str(run_dir / "best.keras"), str(again), "--data", str(synthetic_csv)]) == 0
+    assert f"100.00% of {synthetic_csv} PublicTest" in capsys.readouterr().out
+    for split in ("PublicTest", "PrivateTest"):
+        assert re.search(rf"\| fer2013-demo.keras \(this file\) \| {split} \| none \| 0\.\d{{4}} \|",
+                         (again.parent / "README.md").read_text()), split
     # It is written again by the next ship.py, but a README.md of another kind is never overwritten.
     card_path = tmp_path / "models" / "README.md"
     assert ship.write_model_card(str(run_dir / "best.keras"), str(out), "again",
