@@ -1,6 +1,6 @@
 """Which parts of a face made the model name its emotion: occlusion maps (Zeiler & Fergus, 2014).
 
-    python explain.py photo.jpg [more.jpg folder/] [--checkpoint X] [--out explanations]
+    python explain.py photo.jpg [more.jpg folder/] [--checkpoint X] [--out explanations] [--emotion Sad]
     python explain.py --data data/fer2013.csv [--split PrivateTest] [--per-class 100] [--checkpoint X]
 
 A square of the face's own mean grey (--patch pixels of the 48x48 face) slides over it --stride pixels at a time;
@@ -92,8 +92,9 @@ def faces_figure(faces, maps, classes, scores, titles=None, columns=6):
     return figure
 
 
-def explain_photos(probabilities, files, settings, out_dir, patch, stride):
-    """A figure per photo with a face; a line per photo. Returns how many photos could not be read."""
+def explain_photos(probabilities, files, settings, out_dir, patch, stride, emotion=None):
+    """A figure per photo with a face; a line per face. Each map is the named emotion's, or `emotion`'s (what in
+    the face speaks for it, and against). Returns how many photos could not be read."""
     finder, used, failed = FaceFinder(settings), set(), 0
     for path in files:
         try:
@@ -107,7 +108,8 @@ def explain_photos(probabilities, files, settings, out_dir, patch, stride):
             print(f"{path}: 0 faces")
             continue
         faces = np.stack([crop_face(gray, box, settings["margin"]) for box in boxes])
-        maps, classes, scores = occlusion_maps(probabilities, faces, patch=patch, stride=stride)
+        chosen = None if emotion is None else [data.EMOTIONS.index(emotion)] * len(faces)
+        maps, classes, scores = occlusion_maps(probabilities, faces, chosen, patch, stride)
         figure = os.path.join(out_dir, output_name(path, used, ".png"))
         save_figure(faces_figure(faces, maps, classes, scores), figure)
         for n, (heat, top, row) in enumerate(zip(maps, classes, scores), 1):
@@ -164,12 +166,16 @@ def main(argv=None):
     parser.add_argument("--per-class", type=int, default=100, help="with --data: faces per emotion (default 100)")
     parser.add_argument("--patch", type=int, default=8, help="side of the hiding square, in pixels (default 8)")
     parser.add_argument("--stride", type=int, default=4, help="its step, in pixels (default 4)")
+    parser.add_argument("--emotion", choices=data.EMOTIONS, help="with photos: map this emotion in every face "
+                        "(default: the one the model names)")
     parser.add_argument("--out", default="explanations", help="folder for the figures (default: explanations)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="predict settings, as "
                         "predict.py's (e.g. --set predict.margin=0.2)")
     args = parser.parse_args(argv)
     if bool(args.inputs) == bool(args.data):
         raise UserError("give photos (or folders of photos) to explain, or --data fer2013.csv, not both")
+    if args.emotion and args.data:
+        raise UserError("--emotion goes with photos: with --data, each emotion's map is drawn over its own faces")
     if args.per_class < 1:
         raise UserError(f"--per-class must be at least 1, got {args.per_class}")
     if not 1 <= args.stride <= args.patch <= data.SIZE:
@@ -190,7 +196,8 @@ def main(argv=None):
     if args.data:
         explain_split(probabilities, faces, args.per_class, args.out, args.split, args.patch, args.stride)
         return 0
-    return 1 if explain_photos(probabilities, files, config["predict"], args.out, args.patch, args.stride) else 0
+    failed = explain_photos(probabilities, files, config["predict"], args.out, args.patch, args.stride, args.emotion)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ def test_the_demo_network_looks_at_the_synthetic_faces_features(trained_run, syn
     printed = capsys.readouterr()
     assert f"{broken}: not a readable image" in printed.err and "astronaut.png: face 1 of 1, " in printed.out
     assert (tmp_path / "astronaut.png").stat().st_size and not (tmp_path / "broken.png").exists()
+    assert explain.main([str(astronaut), "--checkpoint", checkpoint, "--out", str(tmp_path), "--emotion", "Sad"]) == 0
+    assert "astronaut.png: face 1 of 1, Sad (" in capsys.readouterr().out  # what in it speaks for Sad, and against
     assert explain.main(["--data", str(synthetic_csv), "--checkpoint", checkpoint, "--per-class", "2",
                          "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "PrivateTest-by-emotion.json").read_text())
@@ -64,6 +66,7 @@ def test_the_demo_network_looks_at_the_synthetic_faces_features(trained_run, syn
     (["x.jpg", "--data", "fer2013.csv"], "give photos (or folders of photos) to explain, or --data fer2013.csv"),
     (["--data", "fer2013.csv", "--patch", "4", "--stride", "8"], "--patch 4 --stride 8: need 1 <= stride <= patch"),
     (["--data", "fer2013.csv", "--per-class", "0"], "--per-class must be at least 1, got 0"),
+    (["--data", "fer2013.csv", "--emotion", "Sad"], "--emotion goes with photos"),
     (["holiday/IMG_01.jpg"], "no such file or folder: holiday/IMG_01.jpg"),
 ])
 def test_bad_options_are_one_line_before_the_model_loads(arguments, line, tmp_path, capsys):
