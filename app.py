@@ -5,12 +5,12 @@
     python app.py --checkpoint model.onnx           # onnxruntime alone: no TensorFlow or Keras is imported
     python app.py --share                           # a public gradio.live link as well (Colab, a remote machine)
 
-Served with Gradio. The Photo tab takes one or more photos and shows each with its faces boxed, a bar chart of
-the seven probabilities per face, each face's occlusion map (explain.py: what in it decided its emotion), and the
-JSON lines predict.py writes, to download. The Webcam tab streams the
-browser's camera to the app and shows the annotated frames as they come back, with the frames per second. Both
-go through predict.py's own face finder and crop (detect.py) and model (its Predictor), with the predict settings of the
-checkpoint's run (config.yaml beside it) and --set overrides.
+Served with Gradio. The Photo tab takes one or more photos and shows each with its faces boxed, a bar chart of the
+seven probabilities per face, each face's occlusion map (explain.py: what in it decided its emotion), and the JSON
+lines predict.py writes, to download. The Webcam tab streams the browser's camera to the app and shows the annotated
+frames as they come back, with the frames per second. Both go through predict.py's own face finder and crop
+(detect.py) and model (its Predictor), with the predict settings of the checkpoint's run (config.yaml beside it) and
+--set overrides.
 """
 import argparse
 import json
