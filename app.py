@@ -83,7 +83,7 @@ def analyse_photos(predictor, paths, out_dir):
             continue
         gray, boxes = predictor.find(image)
         probabilities = predictor.score(gray, boxes)
-        crops.extend(detect.crop_face(gray, box, predictor.margin) for box in boxes)
+        crops.extend(predictor.crops(gray, boxes) if boxes else [])
         records.extend(predictor.records(name, boxes, probabilities))
         summary = predict.describe(boxes, probabilities)
         gallery.append((rgb(predictor.annotate(image, boxes, probabilities)), f"{name}: {summary}"))

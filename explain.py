@@ -10,9 +10,9 @@ emotion, blue where it spoke against it. Works with any checkpoint predict.py ta
 
 With photos: each face found (as predict.py finds it) with its map over it, in explanations/<photo>.png, and one
 line per face with the share of its evidence in the face's upper, middle and lower third (roughly forehead and
-brows, eyes and nose, mouth and chin, in a face cropped as the detector and FER2013 crop it). With --data: the mean map of each emotion over the
-first --per-class faces of the split that the model names rightly, in explanations/<split>-by-emotion.png and
-.json.
+brows, eyes and nose, mouth and chin, in a face cropped as the detector and FER2013 crop it). With --data: the mean
+map of each emotion over the first --per-class faces of the split that the model names rightly, in
+explanations/<split>-by-emotion.png and .json.
 """
 import argparse
 import json
@@ -24,8 +24,8 @@ import numpy as np
 import data
 from common import UserError, exit_on_user_error, pyplot, replaced_atomically, save_figure, shipped_model
 from config import config_beside
-from detect import FaceFinder, crop_face, read_image, to_gray
-from predict import IMAGE_EXTENSIONS, expand_inputs, load_probabilities, output_name
+from detect import FaceFinder, read_image
+from predict import IMAGE_EXTENSIONS, Predictor, check_inputs, expand_inputs, load_probabilities, output_name
 
 THIRDS = ("upper", "middle", "lower")
 
@@ -95,19 +95,18 @@ def faces_figure(faces, maps, classes, scores, titles=None, columns=6):
 def explain_photos(probabilities, files, settings, out_dir, patch, stride, emotion=None):
     """A figure per photo with a face; a line per face. Each map is the named emotion's, or `emotion`'s (what in
     the face speaks for it, and against). Returns how many photos could not be read."""
-    finder, used, failed = FaceFinder(settings), set(), 0
+    predictor, used, failed = Predictor(probabilities, FaceFinder(settings), settings["margin"]), set(), 0
     for path in files:
         try:
-            gray = to_gray(read_image(path))
+            gray, boxes = predictor.find(read_image(path))
         except OSError as error:
             print(f"{path}: {error}", file=sys.stderr)
             failed += 1
             continue
-        boxes = finder(gray, settings["photo_detect_width"])
         if not boxes:
             print(f"{path}: 0 faces")
             continue
-        faces = np.stack([crop_face(gray, box, settings["margin"]) for box in boxes])
+        faces = predictor.crops(gray, boxes)
         chosen = None if emotion is None else [data.EMOTIONS.index(emotion)] * len(faces)
         maps, classes, scores = occlusion_maps(probabilities, faces, chosen, patch, stride)
         figure = os.path.join(out_dir, output_name(path, used, ".png"))
@@ -180,8 +179,7 @@ def main(argv=None):
         raise UserError(f"--per-class must be at least 1, got {args.per_class}")
     if not 1 <= args.stride <= args.patch <= data.SIZE:
         raise UserError(f"--patch {args.patch} --stride {args.stride}: need 1 <= stride <= patch <= {data.SIZE}")
-    if missing := [item for item in args.inputs if not os.path.exists(item)]:
-        raise UserError(f"no such file or folder: {', '.join(missing)}")
+    check_inputs(args.inputs)
     files = [path for path in expand_inputs(args.inputs) if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS]
     if args.inputs and not files:
         raise UserError(f"no photos in {', '.join(args.inputs)}")

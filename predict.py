@@ -56,13 +56,16 @@ class Predictor:
         finder = LiveFinder(self.finder, self.finder.options["video_detect_width"])
         return lambda image: (gray := to_gray(image), finder(gray))
 
+    def crops(self, gray, boxes):
+        """The 48x48 faces (n, 48, 48) the model sees for `boxes`, each widened by predict.margin (detect.crop_face)."""
+        margin = self.margin if self.detect else 0.0
+        return np.stack([crop_face(gray, box, margin) for box in boxes])
+
     def score(self, gray, boxes):
         """The probabilities (n, 7) of the faces in `boxes`."""
         if not boxes:
             return np.zeros((0, len(data.EMOTIONS)), np.float32)
-        margin = self.margin if self.detect else 0.0
-        faces = np.stack([crop_face(gray, box, margin) for box in boxes])
-        return self.probabilities(faces)
+        return self.probabilities(self.crops(gray, boxes))
 
     @staticmethod
     def annotate(image, boxes, probabilities):
@@ -101,6 +104,13 @@ def expand_inputs(inputs):
                         yield os.path.join(folder, name)
         else:
             yield item
+
+
+def check_inputs(inputs):
+    """A UserError for inputs that are not there (a typo, a web address), before any model loads."""
+    if missing := [item for item in inputs if not os.path.exists(item)]:
+        url = any("://" in item for item in missing)
+        raise UserError(f"no such file or folder: {', '.join(missing)}" + (" (download it first)" if url else ""))
 
 
 def output_name(path, used, extension=None):
@@ -290,9 +300,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.inputs and args.webcam is None:
         raise UserError("give images, folders or videos to predict on, or --webcam")
-    if missing := [item for item in args.inputs if not os.path.exists(item)]:  # inputs checked before the model loads
-        url = any("://" in item for item in missing)
-        raise UserError(f"no such file or folder: {', '.join(missing)}" + (" (download it first)" if url else ""))
+    check_inputs(args.inputs)
     files = list(expand_inputs(args.inputs))
     if args.inputs and not files:
         raise UserError(f"no images or videos in {', '.join(args.inputs)}")
