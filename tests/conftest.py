@@ -17,10 +17,19 @@ start_backend()  # as every script does first, so that the tests' own Keras runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
+def script_env(env=None):
+    """The environment of a script the tests run: theirs, with `env` on top. PyTorch's CPU threads wait for work by
+    spinning, so with two test workers on two cores a PyTorch process runs on one thread, as its tests need."""
+    env = {**os.environ, **(env or {})}
+    if env.get("KERAS_BACKEND") == "torch":
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
 def run_script(script, *args, cwd=ROOT, timeout=600, env=None):
     """Run `python script args...` in a fresh process; returns the CompletedProcess (text output)."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env=script_env(env))
 
 
 def needs(package):

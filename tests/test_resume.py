@@ -23,7 +23,7 @@ import train
 from common import TEST_SIGNAL, UserError
 from config import load_config
 from model import build_model
-from conftest import ROOT, assert_user_error, needs, run_script
+from conftest import ROOT, assert_user_error, needs, run_script, script_env
 
 pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
 
@@ -35,8 +35,8 @@ HELD = ["--set", "output.state_seconds=3600"]  # every epoch's state held in mem
 def start(*args, signal_at=None, backend=None):
     """train.py in a process of its own; with signal_at ("SIGINT@epoch 2 batch 2"), it signals itself there
     (common.signal_at), so the interruption lands at that point on any machine."""
-    env = {**os.environ, **({TEST_SIGNAL: signal_at} if signal_at else {}),
-           **({"KERAS_BACKEND": backend} if backend else {})}
+    env = script_env({**({TEST_SIGNAL: signal_at} if signal_at else {}),
+                      **({"KERAS_BACKEND": backend} if backend else {})})
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
