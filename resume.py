@@ -252,6 +252,23 @@ def _seed_generator_states(model):
     return [variable for variable in model.non_trainable_variables if "seed_generator" in variable.path]
 
 
+def lock_holder(path, locks="/proc/locks"):
+    """The process that holds a flock on `path`, as Linux lists it in /proc/locks ("1: FLOCK ADVISORY WRITE <pid>
+    <major>:<minor>:<inode> 0 EOF", the device in hex), or None where that cannot be told."""
+    try:
+        found = os.stat(path)
+        with open(locks) as listed:
+            lines = listed.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if fields[1:2] == ["FLOCK"] and len(fields) > 5 and fields[5] == where and fields[4].isdigit():
+            return int(fields[4]) or None  # 0: a process outside this one's pid namespace
+    return None
+
+
 class RunLock:
     """A run directory held by the one process that trains it (an exclusive flock on the folder itself, let go when
     the process ends however it ends), so that a second train.py on the same run, such as a --resume while it still
@@ -271,8 +288,9 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UserError(f"{run_dir} is being trained by another process: wait for it to end, or stop it (Ctrl-C) "
-                            "and resume it") from None
+            pid = lock_holder(run_dir)
+            raise UserError(f"{run_dir} is being trained by another process{f' (pid {pid})' if pid else ''}: wait for "
+                            f"it to end, or stop it (Ctrl-C{f', or kill {pid}' if pid else ''}) and resume it") from None
         except OSError:
             os.close(fd)
             return

@@ -53,7 +53,8 @@ def assert_held_by(process, run_dir):
     refused before it loads the data or writes anything."""
     _, status = os.waitpid(process.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status), status
-    said = f"^{re.escape(str(run_dir))} is being trained by another process: wait for it to end"
+    said = (f"^{re.escape(str(run_dir))} is being trained by another process \\(pid {process.pid}\\): wait for it to "
+            f"end, or stop it \\(Ctrl-C, or kill {process.pid}\\)")
     with pytest.raises(UserError, match=said):
         train.resume(str(run_dir))
 
