@@ -172,7 +172,8 @@ def main(argv=None):
                         "predict.py's (e.g. --set predict.margin=0.2)")
     args = parser.parse_args(argv)
     if bool(args.inputs) == bool(args.data):
-        raise UserError("give photos (or folders of photos) to explain, or --data fer2013.csv, not both")
+        raise UserError("give photos (or folders of photos) to explain, or --data fer2013.csv"
+                        + (", not both" if args.data else ""))
     if args.emotion and args.data:
         raise UserError("--emotion goes with photos: with --data, each emotion's map is drawn over its own faces")
     if args.per_class < 1:

@@ -62,8 +62,9 @@ def test_the_demo_network_looks_at_the_synthetic_faces_features(trained_run, syn
 
 
 @pytest.mark.parametrize("arguments, line", [
-    ([], "give photos (or folders of photos) to explain, or --data fer2013.csv, not both"),
-    (["x.jpg", "--data", "fer2013.csv"], "give photos (or folders of photos) to explain, or --data fer2013.csv"),
+    ([], "give photos (or folders of photos) to explain, or --data fer2013.csv\n"),
+    (["x.jpg", "--data", "fer2013.csv"], "give photos (or folders of photos) to explain, or --data fer2013.csv, "
+                                         "not both"),
     (["--data", "fer2013.csv", "--patch", "4", "--stride", "8"], "--patch 4 --stride 8: need 1 <= stride <= patch"),
     (["--data", "fer2013.csv", "--per-class", "0"], "--per-class must be at least 1, got 0"),
     (["--data", "fer2013.csv", "--emotion", "Sad"], "--emotion goes with photos"),
