@@ -94,12 +94,28 @@ def to_gray(image):
     return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
+def read_with_pillow(path):
+    """What OpenCV cannot read and Pillow can (a GIF's first frame where OpenCV was built without GIF, as before 4.12;
+    PCX, ICO...), upright, as a BGR or grayscale uint8 array; None if Pillow cannot read it either."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            gray = image.mode in ("1", "L", "LA")  # a palette (GIF) or any other mode: colour
+            return np.asarray(image.convert("L")) if gray else np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
 def read_image(path):
     """A photo as a uint8 BGR (or grayscale) array, turned upright as its EXIF orientation says (a phone's portrait
     photo is stored on its side); OSError for a file that is not an image."""
     cv2 = import_cv2()
     # Not IMREAD_UNCHANGED, which ignores the EXIF orientation; an alpha channel is dropped.
     image = cv2.imread(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if image is None:
+        image = read_with_pillow(path)
     if image is None:
         heic = os.path.splitext(path)[1].lower() in HEIC_EXTENSIONS
         raise OSError("HEIC, which OpenCV cannot read: convert it to JPEG" if heic else "not a readable image")

@@ -23,7 +23,8 @@ from common import UserError, exit_on_user_error, replaced_atomically, shipped_m
 from config import config_beside
 from detect import HEIC_EXTENSIONS, FaceFinder, LiveFinder, crop_face, import_cv2, read_image, to_gray
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", *HEIC_EXTENSIONS}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".gif",
+                    *HEIC_EXTENSIONS}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 BOX_COLOUR = (0, 200, 255)  # BGR
 WINDOW = "fer2013-keras (q quits)"  # the --webcam window

@@ -6,6 +6,7 @@ import signal
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import checkpoints
 import data
@@ -82,8 +83,6 @@ def test_video_frames_are_searched_scaled_down_and_boxes_come_back_in_frame_pixe
 
 
 def test_a_phone_photo_is_read_upright_and_other_pixel_formats_as_uint8(astronaut, tmp_path):
-    from PIL import Image
-
     from config import DEFAULTS
 
     upright = cv2.imread(str(astronaut))
@@ -99,6 +98,10 @@ def test_a_phone_photo_is_read_upright_and_other_pixel_formats_as_uint8(astronau
     deep, alpha = detect.read_image(str(tmp_path / "deep.png")), detect.read_image(str(tmp_path / "alpha.png"))
     assert deep.dtype == np.uint8 and deep.shape == (64, 64) and deep.max() == 255
     assert alpha.shape == (8, 8, 3) and (alpha == 200).all()
+    # What OpenCV cannot read, Pillow does: a PCX (as a GIF where OpenCV was built without GIF), in BGR order.
+    Image.fromarray(upright[..., ::-1]).save(tmp_path / "old.pcx")
+    assert cv2.imread(str(tmp_path / "old.pcx")) is None
+    np.testing.assert_array_equal(detect.read_image(str(tmp_path / "old.pcx")), upright)
 
 
 def test_the_crop_fed_to_the_model_is_cv2_resize_of_the_box(trained_run):
@@ -136,13 +139,14 @@ def test_already_cropped_48x48_faces_without_detection(trained_run, tmp_path, sy
     faces = data.read_faces(synthetic_csv, None).select(slice(0, 5))
     folder = tmp_path / "faces"
     folder.mkdir()
-    for i, image in enumerate(faces.images):
-        cv2.imwrite(str(folder / f"face{i}.png"), image)
+    names = ["face0.png", "face1.png", "face2.png", "face3.png", "face4.gif"]  # a folder's GIFs are read too
+    for name, image in zip(names, faces.images):
+        Image.fromarray(image).save(folder / name)
     out = tmp_path / "out"
     assert predict.main(["--checkpoint", str(run_dir / "best.keras"), "--no-detect", str(folder),
                          "--out", str(out)]) == 0
     records = _records(out)
-    assert [r["source"] for r in records] == [str(folder / f"face{i}.png") for i in range(5)]
+    assert [r["source"] for r in records] == [str(folder / name) for name in names]
     assert all(r["box"] == [0, 0, 48, 48] for r in records)
     model = checkpoints.load_checkpoint(str(run_dir / "best.keras"))
     expected = evaluate.predict_probabilities(model, faces.images)
