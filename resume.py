@@ -252,12 +252,12 @@ def _seed_generator_states(model):
     return [variable for variable in model.non_trainable_variables if "seed_generator" in variable.path]
 
 
-def lock_holder(path, locks="/proc/locks"):
+def lock_holder(path):
     """The process that holds a flock on `path`, as Linux lists it in /proc/locks ("1: FLOCK ADVISORY WRITE <pid>
     <major>:<minor>:<inode> 0 EOF", the device in hex), or None where that cannot be told."""
     try:
         found = os.stat(path)
-        with open(locks) as listed:
+        with open("/proc/locks") as listed:
             lines = listed.read().splitlines()
     except OSError:
         return None

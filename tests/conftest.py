@@ -17,9 +17,10 @@ start_backend()  # as every script does first, so that the tests' own Keras runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
 def script_env(env=None):
-    """The environment of a script the tests run: theirs, with `env` on top. PyTorch's CPU threads wait for work by
-    spinning, so with two test workers on two cores a PyTorch process runs on one thread, as its tests need."""
+    """The environment of a script the tests run: theirs, with `env` on top. A PyTorch process runs on one CPU
+    thread: PyTorch's threads wait for work by spinning, and two test workers already share two cores."""
     env = {**os.environ, **(env or {})}
     if env.get("KERAS_BACKEND") == "torch":
         env.setdefault("OMP_NUM_THREADS", "1")
