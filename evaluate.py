@@ -33,6 +33,7 @@ from checkpoints import load_checkpoint
 from common import (MODELS, UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure,
                     shipped_model, write_text)
 from config import config_beside
+from export import OnnxModel
 
 with native_stderr_held():
     import keras
@@ -66,7 +67,7 @@ def predict_probabilities(model, images, batch_size=256, tta=None):
 def teacher_probabilities(models, images):
     """What teachers say of each face (train.distill): the mean over `models` of each one's probabilities for the
     face and its mirror image, and its ten crops where the model crops its input."""
-    return np.mean([predict_probabilities(model, images, tta="flip" if crop_layer(model) is None else "tencrop")
+    return np.mean([predict_probabilities(model, images, tta="flip" if crop_size(model) is None else "tencrop")
                     for model in models], axis=0)
 
 
@@ -101,20 +102,21 @@ def read_soft_labels(path, images):
     return probabilities[at].astype(np.float32)
 
 
-def crop_layer(model):
-    """The model's own centre crop (keras.layers.CenterCrop, what train.augment.crop puts in the network), or None."""
-    return next((layer for layer in model.layers if isinstance(layer, keras.layers.CenterCrop)), None)
+def crop_size(model):
+    """The side of the model's own centre crop (train.augment.crop: a keras.layers.CenterCrop in the network, or
+    what an .onnx export recorded of it), or None."""
+    if isinstance(model, OnnxModel):
+        return model.crop
+    return next((layer.height for layer in model.layers if isinstance(layer, keras.layers.CenterCrop)), None)
 
 
 def crop_shifts(model):
-    """The five shifts of a 48x48 face after which the model's own centre crop (keras.layers.CenterCrop, what
-    train.augment.crop puts in the network) sees the centre and the four corner crops. The pixels a shift wraps
-    around land outside the crop."""
-    crop = crop_layer(model)
-    if crop is None:
+    """fer2013.crop_shifts for the model's own centre crop; a model without one is refused."""
+    if isinstance(model, OnnxModel):
+        return model.crop_shifts("--tta tencrop")
+    if crop_size(model) is None:
         raise UserError("--tta tencrop needs a model that crops its input (trained with train.augment.crop)")
-    margin = (data.SIZE - crop.height) // 2
-    return [(0, 0), (margin, margin), (margin, -margin), (-margin, margin), (-margin, -margin)]
+    return data.crop_shifts(crop_size(model))
 
 
 def evaluate_model(model, faces, split="PrivateTest", batch_size=256, tta=None):
@@ -229,8 +231,6 @@ def print_report(metrics):
 def load_model(path, weights=None):
     """A checkpoint (checkpoints.load_checkpoint), or an .onnx export run by onnxruntime (export.OnnxModel)."""
     if path.endswith(".onnx"):
-        from export import OnnxModel
-
         return OnnxModel(path)
     return load_checkpoint(path, weights)
 
@@ -279,10 +279,9 @@ def main(argv=None):
         print(f"using the shipped model {args.checkpoint[0]} (no --checkpoint given)")
     if len(args.checkpoint) > 1 and args.weights:
         raise UserError("--weights goes with one model.json checkpoint, not an ensemble")
-    if args.tta == "tencrop" and any(path.endswith(".onnx") for path in args.checkpoint):
-        raise UserError("--tta tencrop needs Keras checkpoints: an .onnx file does not say where its model crops "
-                        "(--tta flip works)")
     models = [load_model(path, args.weights) for path in args.checkpoint]
+    if args.tta == "tencrop":
+        [crop_shifts(model) for model in models]  # a model without its own crop is refused before the data loads
     first = args.checkpoint[0]
     data_path, limit, cache_dir = data_for(first, args.data)
     if args.soft_labels:

@@ -27,6 +27,7 @@ from common import UserError, exit_on_user_error, start_backend
 FORMATS = {".onnx": "onnx", ".tflite": "litert", "": "tf_saved_model"}
 MAX_GAP, MIN_AGREEMENT = 1e-4, 0.999
 CHECK_FACES = 256
+CROP_KEY = "fer2013_keras.crop"  # an .onnx file's metadata: the side of its network's centre crop
 
 
 def export_format(out):
@@ -78,9 +79,8 @@ def float32_copy(model):
 
 class OnnxModel:
     """An exported .onnx file run by onnxruntime: 48x48x1 float faces in, the 7 probabilities out. evaluate.py
-    scores it as a Keras model (predict_on_batch; no layers, so no crop of its own to take ten crops from)."""
-
-    layers = ()
+    scores it as a Keras model (predict_on_batch); `crop` is the side of the network's own centre crop, which
+    export.py records in the file's metadata (CROP_KEY) for ten crops, or None."""
 
     def __init__(self, path):
         try:
@@ -98,13 +98,38 @@ class OnnxModel:
         if len(inputs) != 1 or list(inputs[0].shape[1:]) != [48, 48, 1] or list(outputs[0].shape[1:]) != [7]:
             raise UserError(f"{path}: the model must take 48x48x1 faces and give 7 probabilities, it takes "
                             f"{inputs[0].shape} and gives {outputs[0].shape}")
-        self.input_name = inputs[0].name
+        self.input_name, self.path = inputs[0].name, path
+        crop = self.session.get_modelmeta().custom_metadata_map.get(CROP_KEY, "")
+        self.crop = int(crop) if crop.isdigit() else None
+
+    def crop_shifts(self, what):
+        """fer2013.crop_shifts for the network's own crop; `what` (--tta tencrop) is refused where none is recorded."""
+        if self.crop is None:
+            raise UserError(f"{what} needs a model that crops its input (trained with train.augment.crop); {self.path} "
+                            "records no crop (if its model crops, it was exported before export.py recorded that: "
+                            "export it again)")
+        from fer2013 import crop_shifts
+
+        return crop_shifts(self.crop)
 
     def predict(self, faces):
         """Probabilities (N, 7) for float32 faces (N, 48, 48, 1) in [0, 1]."""
         return self.session.run(None, {self.input_name: np.asarray(faces, np.float32)})[0]
 
     predict_on_batch = predict
+
+
+def record_crop(path, model):
+    """Write the side of the network's centre crop (train.augment.crop) into an .onnx file's metadata, where
+    OnnxModel finds it for ten crops; the graph holds the crop, but no runtime says where."""
+    import keras
+    import onnx
+
+    crop = next((layer.height for layer in model.layers if isinstance(layer, keras.layers.CenterCrop)), None)
+    if crop is not None:
+        written = onnx.load(path)
+        onnx.helper.set_model_props(written, {CROP_KEY: str(crop)})
+        onnx.save(written, path)
 
 
 def run_litert(path, faces):
@@ -176,6 +201,8 @@ def export(checkpoint, out, weights=None):
     try:
         try:
             model.export(temporary, format=kind, verbose=False)
+            if kind == "onnx":
+                record_crop(temporary, model)
             got = run_exported(temporary, kind, faces)
         except ImportError as error:
             raise UserError(f"writing {out} needs {error.name}: pip install -r requirements-dev.txt" if error.name

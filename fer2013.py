@@ -44,3 +44,11 @@ def to_float(images):
 
 def one_hot(labels, classes=len(EMOTIONS)):
     return np.eye(classes, dtype=np.float32)[labels]
+
+
+def crop_shifts(crop):
+    """The five shifts of a 48x48 face after which a network's own centre crop of crop x crop pixels (what
+    train.augment.crop puts in it) sees the centre and the four corner crops: ten crops, each also mirrored. The
+    pixels a shift wraps around land outside the crop."""
+    margin = (SIZE - crop) // 2
+    return [(0, 0), (margin, margin), (margin, -margin), (-margin, margin), (-margin, -margin)]

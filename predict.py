@@ -267,14 +267,13 @@ def load_probabilities(checkpoint, weights=None, tta="none"):
     if checkpoint.endswith(".onnx"):
         from export import OnnxModel
 
-        if tta == "tencrop":
-            raise UserError("predict.tta tencrop needs a Keras checkpoint: an .onnx file does not say where its "
-                            "model crops (flip works)")
         onnx = OnnxModel(checkpoint)
+        shifts = onnx.crop_shifts("predict.tta tencrop") if tta == "tencrop" else [(0, 0)]
 
-        def probabilities(faces):
-            plain = onnx.predict(data.to_float(faces))
-            return plain if tta == "none" else (plain + onnx.predict(data.to_float(faces[:, :, ::-1]))) / 2
+        def probabilities(faces):  # as evaluate.predict_probabilities: each view, and with tta its mirror image
+            views = [np.roll(faces, shift, axis=(1, 2)) for shift in shifts]
+            views += [view[:, :, ::-1] for view in views] if tta != "none" else []
+            return np.mean([onnx.predict(data.to_float(view)) for view in views], axis=0)
         return probabilities
     start_backend()
     from checkpoints import load_checkpoint

@@ -10,6 +10,7 @@ import checkpoints
 import data
 import evaluate
 import export
+import predict
 import train
 from common import UserError
 from config import load_config
@@ -121,6 +122,9 @@ def test_predict_runs_an_onnx_file_with_opencv_and_onnxruntime_alone(trained_run
         for name in data.EMOTIONS:
             assert abs(ours["probabilities"][name] - theirs["probabilities"][name]) <= 1e-4
     assert (tmp_path / "onnx" / "astronaut.png").is_file()
+    # The demo's network does not crop: no ten crops, from the file as from its checkpoint.
+    with pytest.raises(UserError, match=rf"^predict.tta tencrop needs a model that crops .*{onnx_file} records no "):
+        predict.load_probabilities(str(onnx_file), tta="tencrop")
 
 
 def test_bad_input_is_one_line_and_exit_status_2(trained_run, tmp_path):
@@ -152,5 +156,11 @@ def test_the_shipped_model_exports_and_answers_as_keras_does(tmp_path, synthetic
     faces = data.to_float(_faces(synthetic_csv).images)
     got = (export.OnnxModel(str(tmp_path / name)).predict(faces) if name.endswith(".onnx")
            else export.run_litert(str(tmp_path / name), faces))
-    _assert_same_answers(evaluate.predict_probabilities(checkpoints.load_checkpoint(str(shipped)),
-                                                        _faces(synthetic_csv).images), got)
+    model, images = checkpoints.load_checkpoint(str(shipped)), _faces(synthetic_csv).images
+    _assert_same_answers(evaluate.predict_probabilities(model, images), got)
+    if name.endswith(".onnx"):  # its 44x44 crop is in the file's metadata: ten crops in evaluate.py and predict.py
+        onnx = export.OnnxModel(str(tmp_path / name))
+        assert onnx.crop == 44 == evaluate.crop_size(model)
+        tencrop = evaluate.predict_probabilities(model, images, tta="tencrop")
+        _assert_same_answers(tencrop, evaluate.predict_probabilities(onnx, images, tta="tencrop"))
+        _assert_same_answers(tencrop, predict.load_probabilities(str(tmp_path / name), tta="tencrop")(images))
