@@ -29,6 +29,7 @@ import numpy as np
 import backends
 import data
 import fingerprint
+import model as model_lib
 from checkpoints import load_checkpoint
 from common import (MODELS, UserError, exit_on_user_error, native_stderr_held, pyplot, replaced_atomically, save_figure,
                     shipped_model, write_text)
@@ -103,11 +104,8 @@ def read_soft_labels(path, images):
 
 
 def crop_size(model):
-    """The side of the model's own centre crop (train.augment.crop: a keras.layers.CenterCrop in the network, or
-    what an .onnx export recorded of it), or None."""
-    if isinstance(model, OnnxModel):
-        return model.crop
-    return next((layer.height for layer in model.layers if isinstance(layer, keras.layers.CenterCrop)), None)
+    """The side of the model's own centre crop (train.augment.crop), or what an .onnx export recorded of it; or None."""
+    return model.crop if isinstance(model, OnnxModel) else model_lib.crop_size(model)
 
 
 def crop_shifts(model):
@@ -281,7 +279,8 @@ def main(argv=None):
         raise UserError("--weights goes with one model.json checkpoint, not an ensemble")
     models = [load_model(path, args.weights) for path in args.checkpoint]
     if args.tta == "tencrop":
-        [crop_shifts(model) for model in models]  # a model without its own crop is refused before the data loads
+        for model in models:  # a model without its own crop is refused before the data loads
+            crop_shifts(model)
     first = args.checkpoint[0]
     data_path, limit, cache_dir = data_for(first, args.data)
     if args.soft_labels:

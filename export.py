@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 
+import fer2013
 from common import UserError, exit_on_user_error, start_backend
 
 FORMATS = {".onnx": "onnx", ".tflite": "litert", "": "tf_saved_model"}
@@ -108,9 +109,7 @@ class OnnxModel:
             raise UserError(f"{what} needs a model that crops its input (trained with train.augment.crop); {self.path} "
                             "records no crop (if its model crops, it was exported before export.py recorded that: "
                             "export it again)")
-        from fer2013 import crop_shifts
-
-        return crop_shifts(self.crop)
+        return fer2013.crop_shifts(self.crop)
 
     def predict(self, faces):
         """Probabilities (N, 7) for float32 faces (N, 48, 48, 1) in [0, 1]."""
@@ -122,10 +121,11 @@ class OnnxModel:
 def record_crop(path, model):
     """Write the side of the network's centre crop (train.augment.crop) into an .onnx file's metadata, where
     OnnxModel finds it for ten crops; the graph holds the crop, but no runtime says where."""
-    import keras
     import onnx
 
-    crop = next((layer.height for layer in model.layers if isinstance(layer, keras.layers.CenterCrop)), None)
+    from model import crop_size
+
+    crop = crop_size(model)
     if crop is not None:
         written = onnx.load(path)
         onnx.helper.set_model_props(written, {CROP_KEY: str(crop)})

@@ -116,6 +116,11 @@ AFFINE_LAYERS = (keras.layers.RandomTranslation, keras.layers.RandomRotation, ke
 AUGMENTATION_LAYERS = (keras.layers.RandomFlip, *AFFINE_LAYERS, keras.layers.RandomErasing)
 
 
+def crop_size(model):
+    """The side of the network's own centre crop (the CenterCrop train.augment.crop puts in it), or None."""
+    return next((layer.height for layer in model.layers if isinstance(layer, keras.layers.CenterCrop)), None)
+
+
 def let_jax_compile(model):
     """`model`, its affine augmentation layers marked as compiling on JAX. Keras's RandomTranslation,
     RandomRotation and RandomZoom say they do not (TensorFlow's image transform kernel has no XLA version), and one
