@@ -95,7 +95,7 @@ def to_gray(image):
 
 
 def read_with_pillow(path):
-    """What OpenCV cannot read and Pillow can (a GIF's first frame where OpenCV was built without GIF, as before 4.12;
+    """What OpenCV cannot read and Pillow can (a GIF's first frame where OpenCV has no GIF reader, as before 4.11;
     PCX, ICO...), upright, as a BGR or grayscale uint8 array; None if Pillow cannot read it either."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
