@@ -202,4 +202,4 @@ def test_residual_adds_a_skip_connection_around_each_blocks_last_two_convolution
     residual.save(tmp_path / "residual.keras")
     reloaded = keras.saving.load_model(tmp_path / "residual.keras")
     np.testing.assert_allclose(reloaded.predict(faces, verbose=0), residual.predict(faces, verbose=0), atol=1e-6)
-    assert evaluate.crop_layer(reloaded) is not None
+    assert evaluate.crop_size(reloaded) == 44 and len(evaluate.crop_shifts(reloaded)) == 5
