@@ -18,7 +18,7 @@ import numpy as np
 from common import UserError, exit_on_user_error, replaced_atomically
 # data.EMOTIONS, data.Faces, data.write_csv...: what the other scripts use, from where it is defined.
 from fer2013 import (EMOTIONS, FER2013_URL, IMAGE_SHAPE, PRIVATE_TEST, PUBLIC_TEST, SIZE, TRAINING,  # noqa: F401
-                     USAGES, Faces, crop_shifts, one_hot, to_float)
+                     USAGES, Faces, crop_shifts, one_hot, to_float, views)
 from kaggle_csv import read_csv, write_csv  # noqa: F401
 
 FOLDER_CLASSES = tuple(name.lower() for name in EMOTIONS)

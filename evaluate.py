@@ -48,12 +48,9 @@ def predict_probabilities(model, images, batch_size=256, tta=None):
     Each batch is padded to a multiple of the devices that split it (JAX data parallelism) and the padding's
     outputs are dropped, so every image is scored exactly once.
     """
-    if tta == "tencrop":
-        return np.mean([predict_probabilities(model, np.roll(images, shift, axis=(1, 2)), batch_size, "flip")
-                        for shift in crop_shifts(model)], axis=0)
     if tta:
-        return (predict_probabilities(model, images, batch_size)
-                + predict_probabilities(model, images[:, :, ::-1], batch_size)) / 2
+        shifts = crop_shifts(model) if tta == "tencrop" else [(0, 0)]
+        return np.mean([predict_probabilities(model, view, batch_size) for view in data.views(images, shifts)], axis=0)
     multiple = backends.batch_multiple()
     outputs = []
     for start in range(0, len(images), batch_size):

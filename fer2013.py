@@ -52,3 +52,10 @@ def crop_shifts(crop):
     pixels a shift wraps around land outside the crop."""
     margin = (SIZE - crop) // 2
     return [(0, 0), (margin, margin), (margin, -margin), (-margin, margin), (-margin, -margin)]
+
+
+def views(images, shifts=((0, 0),), flip=True):
+    """What test-time augmentation averages the probabilities of: uint8 faces (N, 48, 48) after each of `shifts`
+    (crop_shifts, for ten crops), and with `flip` each of those mirrored too."""
+    shifted = [images if shift == (0, 0) else np.roll(images, shift, axis=(1, 2)) for shift in shifts]
+    return shifted + ([view[:, :, ::-1] for view in shifted] if flip else [])

@@ -270,10 +270,9 @@ def load_probabilities(checkpoint, weights=None, tta="none"):
         onnx = OnnxModel(checkpoint)
         shifts = onnx.crop_shifts("predict.tta tencrop") if tta == "tencrop" else [(0, 0)]
 
-        def probabilities(faces):  # as evaluate.predict_probabilities: each view, and with tta its mirror image
-            views = [np.roll(faces, shift, axis=(1, 2)) for shift in shifts]
-            views += [view[:, :, ::-1] for view in views] if tta != "none" else []
-            return np.mean([onnx.predict(data.to_float(view)) for view in views], axis=0)
+        def probabilities(faces):  # the views evaluate.predict_probabilities averages
+            return np.mean([onnx.predict(data.to_float(view)) for view in data.views(faces, shifts, tta != "none")],
+                           axis=0)
         return probabilities
     start_backend()
     from checkpoints import load_checkpoint
