@@ -10,7 +10,7 @@ import numpy as np
 import data
 from common import UserError
 
-HEIC_EXTENSIONS = {".heic", ".heif"}  # an iPhone's photos, which OpenCV cannot read
+HEIC_EXTENSIONS = {".heic", ".heif"}  # an iPhone's photos: OpenCV cannot read them, Pillow with pillow-heif can
 
 
 def import_cv2():
@@ -94,11 +94,22 @@ def to_gray(image):
     return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
+def read_heic():
+    """Let Pillow open HEIC and HEIF files (pillow-heif, in requirements.txt); False where it is not installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
 def read_with_pillow(path):
-    """What OpenCV cannot read and Pillow can (a GIF's first frame where OpenCV has no GIF reader, as before 4.11;
-    PCX, ICO...), upright, as a BGR or grayscale uint8 array; None if Pillow cannot read it either."""
+    """What OpenCV cannot read and Pillow can (an iPhone's HEIC; a GIF's first frame where OpenCV has no GIF reader,
+    as before 4.11; PCX, ICO...), upright, as a BGR or grayscale uint8 array; None if Pillow cannot read it either."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    read_heic()  # by its content, whatever the file's name
     try:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)
@@ -117,8 +128,10 @@ def read_image(path):
     if image is None:
         image = read_with_pillow(path)
     if image is None:
-        heic = os.path.splitext(path)[1].lower() in HEIC_EXTENSIONS
-        raise OSError("HEIC, which OpenCV cannot read: convert it to JPEG" if heic else "not a readable image")
+        if os.path.splitext(path)[1].lower() not in HEIC_EXTENSIONS:
+            raise OSError("not a readable image")
+        raise OSError("not a readable HEIC image" if read_heic() else
+                      "HEIC, which OpenCV cannot read: pip install pillow-heif, or convert it to JPEG")
     if image.dtype != np.uint8:  # 16-bit PNG or TIFF
         image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
     return image

@@ -3,6 +3,7 @@ already-cropped 48x48 faces, the crop itself, bad files, and a webcam without a 
 import json
 import shutil
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -104,6 +105,28 @@ def test_a_phone_photo_is_read_upright_and_other_pixel_formats_as_uint8(astronau
     np.testing.assert_array_equal(detect.read_image(str(tmp_path / "old.pcx")), upright)
 
 
+def test_an_iphones_heic_photo_reads_as_its_jpeg_does_and_without_pillow_heif_says_what_to_do(
+        astronaut, tmp_path, monkeypatch):
+    from config import DEFAULTS
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    upright = cv2.imread(str(astronaut))
+    heif = pillow_heif.from_bytes(mode="RGB", size=upright.shape[1::-1], data=upright[..., ::-1].tobytes())
+    heif.save(tmp_path / "IMG_0001.HEIC", quality=90)
+    shutil.copy(tmp_path / "IMG_0001.HEIC", tmp_path / "named-as-jpeg.jpg")  # read by its content, not its name
+    assert cv2.imread(str(tmp_path / "IMG_0001.HEIC")) is None
+    for name in ("IMG_0001.HEIC", "named-as-jpeg.jpg"):
+        photo = detect.read_image(str(tmp_path / name))
+        assert photo.shape == upright.shape and np.abs(photo.astype(int) - upright).mean() < 4
+        assert len(detect.FaceFinder(DEFAULTS["predict"])(detect.to_gray(photo))) == 1
+    (tmp_path / "broken.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(64))
+    with pytest.raises(OSError, match="^not a readable HEIC image$"):
+        detect.read_image(str(tmp_path / "broken.heic"))
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if it were not installed
+    with pytest.raises(OSError, match="pip install pillow-heif, or convert it to JPEG"):
+        detect.read_image(str(tmp_path / "broken.heic"))
+
+
 def test_the_crop_fed_to_the_model_is_cv2_resize_of_the_box(trained_run):
     run_dir, _ = trained_run
     rng = np.random.default_rng(0)
@@ -170,7 +193,7 @@ def test_a_corrupt_image_or_an_unwritable_copy_is_reported_and_the_rest_go_on(tr
     assert predict.main(["--checkpoint", str(run_dir / "best.keras"), str(inputs), "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert f"error: {inputs / 'b.jpg'}: not a readable image" in captured.err
-    assert f"error: {inputs / 'b2.HEIC'}: HEIC, which OpenCV cannot read: convert it to JPEG" in captured.err
+    assert f"error: {inputs / 'b2.HEIC'}: not a readable HEIC image" in captured.err
     assert f"error: {inputs / 'd.jpg'}: its annotated copy could not be written in {out}" in captured.err
     assert "2 of 5 inputs done" in captured.out
     assert {r["source"] for r in _records(out)} == {str(inputs / "a.jpg"), str(inputs / "c.png")}  # inputs done
