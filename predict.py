@@ -139,9 +139,9 @@ def predict_image(predictor, path, out_dir, used, write):
     for record in predictor.records(path, boxes, probabilities):
         write(record)
     annotated = predictor.annotate(image, boxes, probabilities)
-    # OpenCV answers False where it cannot write: a format it has no encoder for (then PNG), a full disk.
-    if not (cv2.imwrite(os.path.join(out_dir, output_name(path, used)), annotated)
-            or cv2.imwrite(os.path.join(out_dir, output_name(path, used, ".png")), annotated)):
+    # In the photo's own format where OpenCV writes it, else (HEIC, PCX...) as PNG; False: a full disk, a folder.
+    extension = None if cv2.haveImageWriter(path) else ".png"
+    if not cv2.imwrite(os.path.join(out_dir, output_name(path, used, extension)), annotated):
         raise OSError(f"its annotated copy could not be written in {out_dir}")
     return describe(boxes, probabilities, predictor.detect)
 

@@ -106,7 +106,7 @@ def test_a_phone_photo_is_read_upright_and_other_pixel_formats_as_uint8(astronau
 
 
 def test_an_iphones_heic_photo_reads_as_its_jpeg_does_and_without_pillow_heif_says_what_to_do(
-        astronaut, tmp_path, monkeypatch):
+        trained_run, astronaut, tmp_path, monkeypatch, capsys):
     from config import DEFAULTS
 
     pillow_heif = pytest.importorskip("pillow_heif")
@@ -119,6 +119,14 @@ def test_an_iphones_heic_photo_reads_as_its_jpeg_does_and_without_pillow_heif_sa
         photo = detect.read_image(str(tmp_path / name))
         assert photo.shape == upright.shape and np.abs(photo.astype(int) - upright).mean() < 4
         assert len(detect.FaceFinder(DEFAULTS["predict"])(detect.to_gray(photo))) == 1
+    # predict.py annotates it as PNG, which OpenCV writes (not HEIC, nor PCX).
+    Image.fromarray(upright[..., ::-1]).save(tmp_path / "old.pcx")
+    out = tmp_path / "out"
+    assert predict.main(["--checkpoint", str(trained_run[0] / "best.keras"), str(tmp_path / "IMG_0001.HEIC"),
+                         str(tmp_path / "old.pcx"), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["IMG_0001.png", "old.png", "predictions.jsonl"]
+    sources = [record["source"] for record in _records(out)]
+    assert sources == [str(tmp_path / "IMG_0001.HEIC"), str(tmp_path / "old.pcx")]
     (tmp_path / "broken.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(64))
     with pytest.raises(OSError, match="^not a readable HEIC image$"):
         detect.read_image(str(tmp_path / "broken.heic"))
@@ -188,8 +196,7 @@ def test_a_corrupt_image_or_an_unwritable_copy_is_reported_and_the_rest_go_on(tr
     cv2.imwrite(str(inputs / "c.png"), good)
     cv2.imwrite(str(inputs / "d.jpg"), good)
     out = tmp_path / "out"
-    for taken in ("d.jpg", "d.png"):  # where d.jpg's annotated copy would go: folders, which no image replaces
-        (out / taken).mkdir(parents=True)
+    (out / "d.jpg").mkdir(parents=True)  # where d.jpg's annotated copy would go: a folder, which no image replaces
     assert predict.main(["--checkpoint", str(run_dir / "best.keras"), str(inputs), "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert f"error: {inputs / 'b.jpg'}: not a readable image" in captured.err
