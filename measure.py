@@ -99,28 +99,6 @@ def _model(precision, how):
     return train.compile_model(build_model(config), config, fused_batch_norm=how != "notebook")
 
 
-def forward_flops_per_image(model):
-    """Floating-point operations (2 per multiply-add) of one face's forward pass through the convolutions and
-    dense layers, which are nearly all of the network's arithmetic."""
-    import keras
-
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, height, width, channels_out = layer.output.shape
-            kernel_height, kernel_width = layer.kernel_size
-            total += 2 * height * width * kernel_height * kernel_width * layer.input.shape[-1] * channels_out
-        elif isinstance(layer, keras.layers.Dense):
-            total += 2 * layer.input.shape[-1] * layer.units
-    return int(total)
-
-
-def training_flops_per_image(model):
-    """A training step's FLOPs per face: the forward pass, the gradients of the inputs and of the weights (each
-    as much arithmetic as the forward pass)."""
-    return 3 * forward_flops_per_image(model)
-
-
 def peak_flops(precision, flags, cores, ghz, vendor="", family=0):
     """(An estimate of the CPU's peak FLOP/s for the precision's convolution arithmetic, how it was reckoned).
 
@@ -161,6 +139,27 @@ def gpu_peak_flops(precision, name):
     return None, f"{name}: not in measure.GPU_PEAKS"
 
 
+def run_pace(environment, seconds):
+    """A run's pace, from its environment.json and its epochs' seconds (history.csv): the fastest epoch after the
+    first (which compiles), the training faces a second over it (its validation pass included), their TFLOP/s and,
+    on GPUs of GPU_PEAKS, the share of their peak; None for a run recorded before train.py kept its faces and FLOPs."""
+    faces, flops = environment.get("train_faces"), environment.get("training_flops_per_face")
+    seconds = np.asarray(seconds, dtype=float)
+    seconds = seconds[~np.isnan(seconds)]
+    if not faces or not flops or not len(seconds):
+        return None
+    fastest = float(seconds[1:].min() if len(seconds) > 1 else seconds[0])
+    rate = faces / fastest
+    pace = {"epoch_seconds": round(fastest, 2), "train_faces_per_second": round(rate, 1),
+            "tflops": round(rate * flops / 1e12, 3)}
+    gpus = (environment.get("devices") or "").split("; ")[1:]  # "gpu:0; NVIDIA H200 (compute capability 9.0)"
+    peak, how = gpu_peak_flops(environment.get("precision") or "", gpus[0].split(" (")[0]) if gpus else (None, "")
+    if peak:
+        pace.update(share_of_peak=round(rate * flops / (peak * len(gpus)), 4),
+                    peak=f"{len(gpus)} x {how}" if len(gpus) > 1 else how)
+    return pace
+
+
 SEGMENTS = 3  # timed segments per figure: the best one counts, so that a burst of CPU steal does not
 
 
@@ -169,6 +168,7 @@ def measure_train(how, path, precision, steps, batch_size):
     notebook's model.fit on float arrays. `steps` are timed in SEGMENTS fits; the fastest counts."""
     import data
     import feed
+    from model import forward_flops
 
     warm_up, per_segment = 3, max(1, steps // SEGMENTS)
     faces = _training_arrays(path, (warm_up + per_segment * SEGMENTS) * batch_size)
@@ -187,7 +187,7 @@ def measure_train(how, path, precision, steps, batch_size):
     segments = [timed(lambda segment=segment: fit(warm_up + segment * per_segment, per_segment),
                       per_segment * batch_size) for segment in range(SEGMENTS)]
     return {**best_of(segments), "timed_steps": per_segment * SEGMENTS, "timed_since_ms": timed_since_ms,
-            "flops_per_image": training_flops_per_image(model)}
+            "flops_per_image": 3 * forward_flops(model)}
 
 
 def measure_gemm(precision, size=2048, repeats=8):
@@ -227,6 +227,7 @@ def best_of(segments):
 def measure_predict(how, path, precision, images):
     import data
     import evaluate
+    from model import forward_flops
 
     faces = _training_arrays(path, images)
     model = _model(precision, how)
@@ -240,7 +241,7 @@ def measure_predict(how, path, precision, images):
 
     predict()  # the first pass compiles
     return {**best_of([timed(predict, images) for _ in range(SEGMENTS)]),
-            "flops_per_image": forward_flops_per_image(model)}
+            "flops_per_image": forward_flops(model)}
 
 
 def measure_precision(seed, precision, folder):

@@ -121,6 +121,21 @@ def crop_size(model):
     return next((layer.height for layer in model.layers if isinstance(layer, keras.layers.CenterCrop)), None)
 
 
+def forward_flops(model):
+    """Floating-point operations (2 per multiply-add) of one face's forward pass through the convolutions and
+    dense layers, which are nearly all of the network's arithmetic. A training step does three times as much: the
+    forward pass, the gradients of the inputs and those of the weights."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, channels_out = layer.output.shape
+            kernel_height, kernel_width = layer.kernel_size
+            total += 2 * height * width * kernel_height * kernel_width * layer.input.shape[-1] * channels_out
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
+
+
 def let_jax_compile(model):
     """`model`, its affine augmentation layers marked as compiling on JAX. Keras's RandomTranslation,
     RandomRotation and RandomZoom say they do not (TensorFlow's image transform kernel has no XLA version), and one

@@ -15,6 +15,7 @@ import checkpoints
 import evaluate
 import resume as resume_lib
 from common import UserError, pyplot, replaced_atomically, save_figure, write_text
+from model import forward_flops
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -156,6 +157,7 @@ def environment(setup, model):
             "batch_norm": "fused kernel" if backends.uses_fused_batch_norm(model) else "Keras's own layer",
             "distribution": setup.distribution.describe(), "feed": setup.feed,
             "steps_per_execution": setup.steps_per_execution, "batches_scanned_a_call": setup.group,
+            "train_faces": setup.faces, "training_flops_per_face": 3 * forward_flops(model),
             "environment_variables": {name: os.environ[name] for name in RECORDED_VARIABLES if name in os.environ}}
 
 

@@ -10,7 +10,8 @@ Copies what train.py wrote (config.yaml, environment.json, history.csv, metrics*
 repository stays small enough to travel to a lent GPU; FER2013's labels stay out of the repository, and anyone
 with fer2013.csv recomputes every metric from the rest), writes checkpoints.sha256 for best.keras and last.keras and
 summary.json (scores, plateau, validation accuracy at epochs 20/40/60/100, hours and CPU of each part of the
-run, the epoch at which the notebook's EarlyStopping as written would have stopped it), and draws the run's
+run, the epoch at which the notebook's EarlyStopping as written would have stopped it, the pace of its fastest
+epoch after the first: faces/s, TFLOP/s, on a GPU the share of its peak), and draws the run's
 validation curve over the published one. An unfinished run gets its curve and history only, so that the
 epochs done so far outlast the machine they ran on.
 """
@@ -26,6 +27,7 @@ import numpy as np
 import predictions
 from common import (UserError, exit_on_user_error, pyplot, save_figure, sha256, start_backend,
                     without_home, write_text)
+from measure import run_pace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOK_LOG = os.path.join(HERE, "..", "shared", "notebook", "training_log.csv")
@@ -151,6 +153,8 @@ def summarize(run_dir, history, notebook):
     if "seconds" in history.columns:
         seconds = float(np.nansum(history["seconds"]))  # the epochs' own, compile included
         summary["hours"], summary["seconds"] = round(seconds / 3600, 3), round(seconds, 1)
+        pace = run_pace(_read_json(run_dir, "environment.json"), history["seconds"])
+        summary.update({"pace": pace} if pace else {})
     for name, stem in (("final_weights", "metrics-last.json"), ("best_checkpoint", "metrics.json")):
         if os.path.exists(os.path.join(run_dir, stem)):
             metrics = _read_json(run_dir, stem)
@@ -380,6 +384,11 @@ def main(argv=None):
     print(f"{summary['run']}: {state}, {summary['epochs_done']} of {summary['epochs']} epochs; "
           + validation_phrase(summary) + ("" if summary["best_val_accuracy"] is None else
                                           f"; plateau {summary['plateau_epochs']} epochs; notebook-as-written {stop}"))
+    pace = summary.get("pace")
+    if pace:
+        peak = f", {pace['share_of_peak']:.1%} of {pace['peak']}" if pace.get("peak") else ""
+        print(f"pace: {pace['epoch_seconds']} s an epoch, {pace['train_faces_per_second']:,.0f} training faces/s, "
+              f"{pace['tflops']} TFLOP/s{peak}")
     for key in ("final_weights_PrivateTest_accuracy", "best_checkpoint_PrivateTest_accuracy"):
         if key in summary:
             print(f"{key}: {summary[key]:.4f}")

@@ -264,8 +264,8 @@ def set_up(options, kind, state, training_faces):
     """Seeds, precision, data parallelism and where batches are formed, for the run: a SimpleNamespace of
     precision, why (the precision's reason), distribution, shuffle_seed, feed (host or device),
     group (train.scan_steps: batches an item, which one compiled call trains through, feed.scan_steps),
-    steps (an epoch's), asked (train.steps_per_execution) and steps_per_execution (Keras's: 1 with a group or on
-    PyTorch, whose Keras trainer takes no other, else the largest divisor of steps up to asked)."""
+    faces and steps (an epoch's), asked (train.steps_per_execution) and steps_per_execution (Keras's: 1 with a
+    group or on PyTorch, whose Keras trainer takes no other, else the largest divisor of steps up to asked)."""
     if options["seed"] is not None:
         backends.make_deterministic(options["seed"])
     precision, why = backends.choose_precision(options["precision"])
@@ -286,7 +286,8 @@ def set_up(options, kind, state, training_faces):
         raise UserError("train.scan_steps > 1 needs the jax backend (KERAS_BACKEND=jax), train.feed device (auto "
                         "with a GPU) and one device")
     return types.SimpleNamespace(precision=precision, why=why, distribution=distribution, shuffle_seed=shuffle_seed,
-                                 feed=where, group=group, steps=steps, asked=options["steps_per_execution"],
+                                 feed=where, group=group, faces=len(training_faces), steps=steps,
+                                 asked=options["steps_per_execution"],
                                  steps_per_execution=1 if group > 1 or backends.backend() == "torch" else
                                  feed.steps_per_call(options["steps_per_execution"], steps))
 

@@ -102,7 +102,7 @@ def test_bench_precision_recomputes_batch_norm_statistics_exactly():
 
 def test_bench_reckons_flops_from_the_network_and_the_peak_from_the_cpu():
     import measure
-    from model import build_model
+    from model import build_model, forward_flops
 
     # The notebook's network: 2 x (46*46*9*1*64 + 46*46*9*64*64 + 23*23*9*(64*128 + 2*128*128) + ...) per face.
     convolutions = [(46, 1, 64), (46, 64, 64), (23, 64, 128), (23, 128, 128), (23, 128, 128), (11, 128, 256),
@@ -110,8 +110,7 @@ def test_bench_reckons_flops_from_the_network_and_the_peak_from_the_cpu():
     dense = [(2048, 512), (512, 256), (256, 128), (128, 64), (64, 7)]
     expected = 2 * (sum(size * size * 9 * cin * cout for size, cin, cout in convolutions) + sum(a * b for a, b in dense))
     model = build_model()
-    assert measure.forward_flops_per_image(model) == expected
-    assert measure.training_flops_per_image(model) == 3 * expected
+    assert forward_flops(model) == expected
 
     avx2 = {"avx", "avx2", "fma"}
     assert measure.peak_flops("float32", avx2, 2, 2.5, "AuthenticAMD")[0] == 2 * 2.5e9 * 32
@@ -134,3 +133,18 @@ def test_bench_reckons_flops_from_the_network_and_the_peak_from_the_cpu():
     assert measure.gpu_peak_flops("float32", "Tesla T4")[0] == 8.1e12
     assert measure.gpu_peak_flops("mixed_float16", "NVIDIA L40S")[0] == 362.1e12  # not the L4's
     assert measure.gpu_peak_flops("float32", "NVIDIA GeForce GTX 1080")[0] is None
+
+
+def test_a_runs_pace_is_its_fastest_epoch_after_the_first_against_the_gpus_peak():
+    import measure
+
+    h200 = {"devices": "gpu:0; NVIDIA H200 (compute capability 9.0)", "precision": "mixed_float16",
+            "train_faces": 28709, "training_flops_per_face": 3.61e9}
+    pace = measure.run_pace(h200, [21.0, 4.1, 2.0, float("nan"), 2.5])  # the first epoch compiles
+    assert pace["epoch_seconds"] == 2.0 and pace["train_faces_per_second"] == 14354.5
+    assert pace["tflops"] == round(14354.5 * 3.61e9 / 1e12, 3)
+    assert pace["share_of_peak"] == round(14354.5 * 3.61e9 / 989.4e12, 4) and "H200" in pace["peak"]
+    two = measure.run_pace({**h200, "devices": "gpu:0, gpu:1; NVIDIA H200 (c 9.0); NVIDIA H200 (c 9.0)"}, [9, 2])
+    assert two["share_of_peak"] == round(pace["share_of_peak"] / 2, 4) and two["peak"].startswith("2 x ")
+    assert "share_of_peak" not in measure.run_pace({**h200, "devices": "cpu:0"}, [3.0])
+    assert measure.run_pace({"devices": "cpu:0"}, [3.0]) is None  # recorded before train.py kept faces and FLOPs

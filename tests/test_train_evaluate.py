@@ -17,6 +17,7 @@ import feed
 import train
 from config import load_config
 from conftest import ROOT, assert_user_error, run_script
+from model import forward_flops
 
 pytestmark = pytest.mark.slow  # trains, or runs the scripts end to end
 
@@ -211,7 +212,7 @@ def test_results_keep_the_run_and_every_metric_recomputes(trained_run, synthetic
     assert "face" not in predictions.columns and len(pd.read_csv(out / "faces.csv.gz")) == 200
     header = (out / "predictions-last.csv.gz").read_bytes()[:10]  # gzip, with no file name and no time in it
     assert header[:3] == b"\x1f\x8b\x08" and header[3] == 0 and header[4:8] == bytes(4)
-    _, _, test = data.split(data.read_faces(synthetic_csv), "notebook", 0.2)
+    trained, _, test = data.split(data.read_faces(synthetic_csv), "notebook", 0.2)
     final = json.loads((out / "metrics-last.json").read_text())
     assert np.mean(predictions["predicted"] == test.labels) == final["accuracy"]
     checked = run_script("results.py", out, "--check", synthetic_csv)
@@ -223,6 +224,14 @@ def test_results_keep_the_run_and_every_metric_recomputes(trained_run, synthetic
     assert summary["parts"][0]["epochs"] == [1, 6] and summary["parts"][0]["cpu"] == environment["cpu"]
     seconds = pd.read_csv(run_dir / "history.csv")["seconds"]
     assert (seconds > 0).all() and summary["hours"] == round(seconds.sum() / 3600, 3)  # what the epochs took
+    # The pace: the training faces over the fastest epoch after the first, the demo network's FLOPs a face.
+    flops = 3 * forward_flops(checkpoints.load_checkpoint(str(run_dir / "last.keras")))
+    assert environment["train_faces"] == len(trained) and environment["training_flops_per_face"] == flops
+    faces_per_second = len(trained) / seconds[1:].min()
+    assert summary["pace"] == {"epoch_seconds": round(seconds[1:].min(), 2),
+                               "train_faces_per_second": round(faces_per_second, 1),
+                               "tflops": round(faces_per_second * flops / 1e12, 3)}  # no GPU: no share of a peak
+    assert f"pace: {round(seconds[1:].min(), 2)} s an epoch, {faces_per_second:,.0f} training faces/s" in result.stdout
     # A changed prediction no longer recomputes: one line, exit status 2.
     predictions.loc[0, "predicted"] = (predictions.loc[0, "predicted"] + 1) % 7
     predictions.to_csv(out / "predictions-last.csv.gz", index=False)
