@@ -139,6 +139,12 @@ def gpu_peak_flops(precision, name):
     return None, f"{name}: not in measure.GPU_PEAKS"
 
 
+def gpu_names(devices):
+    """The GPUs' names in environment.json's `devices` ("gpu:0; NVIDIA H200 (compute capability 9.0)"); [] on a
+    CPU."""
+    return [device.split(" (")[0] for device in (devices or "").split("; ")[1:]]
+
+
 def run_pace(environment, seconds):
     """A run's pace, from its environment.json and its epochs' seconds (history.csv): the fastest epoch after the
     first (which compiles), the training faces a second over it (its validation pass included), their TFLOP/s and,
@@ -152,8 +158,8 @@ def run_pace(environment, seconds):
     rate = faces / fastest
     pace = {"epoch_seconds": round(fastest, 2), "train_faces_per_second": round(rate, 1),
             "tflops": round(rate * flops / 1e12, 3)}
-    gpus = (environment.get("devices") or "").split("; ")[1:]  # "gpu:0; NVIDIA H200 (compute capability 9.0)"
-    peak, how = gpu_peak_flops(environment.get("precision") or "", gpus[0].split(" (")[0]) if gpus else (None, "")
+    gpus = gpu_names(environment.get("devices"))
+    peak, how = gpu_peak_flops(environment.get("precision") or "", gpus[0]) if gpus else (None, "")
     if peak:
         pace.update(share_of_peak=round(rate * flops / (peak * len(gpus)), 4),
                     peak=f"{len(gpus)} x {how}" if len(gpus) > 1 else how)

@@ -27,7 +27,7 @@ import numpy as np
 import predictions
 from common import (UserError, exit_on_user_error, pyplot, save_figure, sha256, start_backend,
                     without_home, write_text)
-from measure import run_pace
+from measure import gpu_names, run_pace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOK_LOG = os.path.join(HERE, "..", "shared", "notebook", "training_log.csv")
@@ -325,8 +325,8 @@ def table_row(*folders):
                          for stem in ("metrics-last-tencrop.json", "metrics-tencrop.json"))
     validation = _figure([summary["best_val_accuracy"] for summary in summaries])
     epochs = ", ".join(str(summary["best_val_accuracy_epoch"]) for summary in summaries)
-    device = (part.get("devices") or "").split("; ")[-1].split(" (")[0]
-    machine = device if "gpu" in (part.get("devices") or "") else \
+    gpus = gpu_names(part.get("devices"))
+    machine = gpus[-1] if gpus else \
         f"{environment.get('cpu_cores') or '?'}-core {part.get('cpu')} (family/model {part.get('cpu_family_model')})"
     precisions = ", ".join(sorted({p.get("precision") for s in summaries for p in s["parts"]}))
     commits = ", ".join(dict.fromkeys((p.get("commit") or "?")[:7] for s in summaries for p in s["parts"]))
